@@ -1,0 +1,3 @@
+from .refsam3d import RefSAM3DConfig
+
+__all__ = ["RefSAM3DConfig"]

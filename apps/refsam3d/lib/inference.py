@@ -1,0 +1,181 @@
+"""Sliding-window inference of RefSAM3D over a whole (pre-processed) volume.
+
+The image encoder runs once per window (``model.encode_image``); every prompt is decoded from that
+encoding (``model.decode``), so K prompts cost one encoding plus K cheap decodes.  Window encodings
+can be kept in a caller-owned mapping (``encodings``) keyed by window position, so a later request
+on the same volume with other prompts skips the encoder entirely (see ``lib/encoding_cache.py``).
+
+What is kept per window: the stage features (float32, small: N x C x (roi/patch)^3) and the
+prompt-independent pixel-decoder features ``mask_features`` stored as float16 (the large part:
+Cm x roi^3 x 2 bytes, e.g. 64 MiB for vit_b at 128^3).  Both are expensive to recompute (the pixel
+decoder costs about as much as the ViT on CPU), so both are cached; every decode reads the stored
+copy, so a first and a repeated request give identical masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Hashable, MutableMapping, Optional, Sequence, Tuple
+
+import torch
+from monai.inferers import sliding_window_inference
+
+STORE_DTYPE = torch.float16
+
+
+def auto_overlap(image_shape: Sequence[int], roi_size: Sequence[int], min_overlap: Optional[Sequence[int]] = None) -> Tuple[float, ...]:
+    """Per-axis overlap giving the fewest windows whose neighbours still share ``min_overlap`` voxels
+    (default ``roi / 16``, e.g. 8 voxels for a 128 window), for ``sliding_window_inference``.
+
+    E.g. 243 x 201 x 223 voxels with a 128^3 window: 2 x 2 x 2 = 8 windows (overlap 0.25 gives 3 x 2 x 2 = 12)."""
+    out = []
+    for i, (s, r) in enumerate(zip(image_shape, roi_size)):
+        s, r = int(s), int(r)
+        m = int(min_overlap[i]) if min_overlap is not None else max(1, r // 16)
+        m = min(max(m, 0), r - 1)
+        if s <= r:
+            out.append(0.0)
+            continue
+        n = max(2, -(-(s - m) // (r - m)))  # ceil: each extra window adds r - m new voxels
+        interval = -(-(s - r) // (n - 1))  # ceil: windows start at 0, interval, ..., s - r
+        out.append(1.0 - (interval + 0.5) / r)  # monai: int(r * (1 - overlap)) == interval
+    return tuple(out)
+
+
+def resolve_overlap(overlap, image_shape: Sequence[int], roi_size: Sequence[int]):
+    """``"auto"`` (or None) -> :func:`auto_overlap`; a number -> MONAI's overlap fraction."""
+    if overlap is None or (isinstance(overlap, str) and overlap.strip().lower() == "auto"):
+        return auto_overlap(image_shape, roi_size)
+    return float(overlap)
+
+
+def _window_key(coord: Sequence[slice]) -> Tuple:
+    """Position of one window: (batch index, (start, stop) per spatial axis)."""
+    return (coord[0].start,) + tuple((s.start, s.stop) for s in coord[2:])
+
+
+def _compact(enc):
+    """The encoding as stored: stages float32 on the CPU, mask features float16 on the CPU."""
+    cls = type(enc)
+    return cls(
+        [s.detach().to("cpu", torch.float32).contiguous() for s in enc.stages],
+        enc.mask_features.detach().to("cpu", STORE_DTYPE),
+        tuple(enc.input_shape),
+        tuple(enc.scaled_shape),
+    )
+
+
+def _expand(enc, device: torch.device):
+    cls = type(enc)
+    return cls(
+        [s.to(device, torch.float32) for s in enc.stages],
+        enc.mask_features.to(device=device, dtype=torch.float32).contiguous(memory_format=torch.channels_last_3d),
+        tuple(enc.input_shape),
+        tuple(enc.scaled_shape),
+    )
+
+
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:  # pragma: no cover
+        return torch.device("cpu")
+
+
+def sliding_window_segment(
+    model,
+    image: torch.Tensor,
+    prompts: Sequence[str],
+    roi_size: Sequence[int],
+    overlap: float | str = 0.25,
+    sw_batch_size: int = 1,
+    device: Optional[str | torch.device] = None,
+    encodings: Optional[MutableMapping[Hashable, Any]] = None,
+    mode: str = "gaussian",
+) -> torch.Tensor:
+    """Probabilities ``[1, K, D, H, W]`` in [0, 1] for ``image [1, 1, D, H, W]`` and K prompts.
+
+    ``overlap``: MONAI's overlap fraction, or ``"auto"`` (fewest windows with a small blended margin, see
+    :func:`auto_overlap`).
+
+    ``encodings``: optional mapping window position -> stored encoding; missing windows are encoded
+    and added, present ones are reused (the mapping must belong to this image, roi and overlap).
+    """
+    if not prompts:
+        raise ValueError("at least one prompt is needed")
+    device = torch.device(device) if device is not None else _model_device(model)
+    x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    if x.ndim == 4:
+        x = x[None]
+    if x.ndim != 5 or x.shape[:2] != (1, 1):
+        raise ValueError(f"image must be [1, 1, D, H, W], got {tuple(x.shape)}")
+    x = x.float()
+    store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
+
+    with torch.no_grad():
+        text = model.encode_text(list(prompts))
+
+        def predictor(window: torch.Tensor, coords) -> torch.Tensor:
+            outs = []
+            for b in range(window.shape[0]):
+                key = _window_key(coords[b])
+                enc = store.get(key)
+                if enc is None:
+                    enc = _compact(model.encode_image(window[b : b + 1].to(device)))
+                    store[key] = enc
+                logits = model.decode(_expand(enc, device), text)  # [1, K, *roi]
+                outs.append(torch.sigmoid(logits.float()))
+            return torch.cat(outs, dim=0)
+
+        probs = sliding_window_inference(
+            x,
+            roi_size=tuple(int(r) for r in roi_size),
+            sw_batch_size=max(1, int(sw_batch_size)),
+            predictor=predictor,
+            overlap=resolve_overlap(overlap, x.shape[2:], roi_size),
+            mode=mode,
+            padding_mode="constant",
+            cval=0.0,
+            sw_device=device,
+            device=device,
+            with_coord=True,
+        )
+    return probs.clamp_(0.0, 1.0)
+
+
+def segment_prompts(
+    model,
+    image: torch.Tensor,
+    prompts: Sequence[str],
+    roi_size: Sequence[int],
+    overlap: float | str = 0.25,
+    sw_batch_size: int = 1,
+    device: Optional[str | torch.device] = None,
+    encodings: Optional[MutableMapping[Hashable, Any]] = None,
+    threshold: float = 0.5,
+    chunk: int = 8,
+) -> Tuple[torch.Tensor, Dict[int, int]]:
+    """Label map ``[D, H, W]`` (int32, 0 = background, i = prompt i, 1-based) and voxel counts per prompt.
+
+    A voxel gets the prompt with the highest probability when that probability is >= ``threshold``.
+    Prompts are decoded ``chunk`` at a time so memory does not grow with the number of labels; the
+    image is encoded once (window encodings are shared through ``encodings``).
+    """
+    store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
+    best_p: Optional[torch.Tensor] = None
+    best_i: Optional[torch.Tensor] = None
+    for start in range(0, len(prompts), max(1, int(chunk))):
+        part = list(prompts[start : start + chunk])
+        probs = sliding_window_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store)[0]
+        p, i = probs.max(dim=0)  # [D, H, W]
+        i = i.to(torch.int32) + (start + 1)
+        if best_p is None:
+            best_p, best_i = p, i
+        else:
+            better = p > best_p
+            best_p = torch.where(better, p, best_p)
+            best_i = torch.where(better, i, best_i)
+        del probs
+    assert best_p is not None and best_i is not None
+    labels = torch.where(best_p >= threshold, best_i, torch.zeros_like(best_i)).cpu()
+    counts = torch.bincount(labels.flatten().long(), minlength=len(prompts) + 1)
+    return labels, {k: int(counts[k]) for k in range(1, len(prompts) + 1)}

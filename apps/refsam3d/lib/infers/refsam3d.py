@@ -1,0 +1,414 @@
+"""The ``refsam3d`` infer task: text-prompted 3D segmentation of a whole volume.
+
+Prompts, in this order of precedence:
+
+* ``text_prompt`` (free text): one mask, value 1, named by the prompt;
+* ``label_prompt`` (label indices or names of the label set, as OHIF's class-prompt tab sends them):
+  those labels with their own indices, each through the label set's text prompt;
+* neither: every label of the set, one multi-label map (automatic segmentation).
+
+An empty ``text_prompt`` (``""``) means "no free text": 3D Slicer sends every option of the task,
+so an untouched text field arrives as ``""``.  A prompt of only spaces or punctuation, or longer
+than ``max_prompt_chars``, is rejected with 422.
+
+The response's ``label_names`` is exactly ``{name: value written in the mask}`` (MONAI Label's
+``BasicInferTask.__call__`` overwrites it with the whole label set; ``__call__`` here restores it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, SpatialResample
+
+from lib.encoding_cache import EncodingCache, file_identity, nbytes
+from lib.inference import segment_prompts
+from lib.labelsets import LabelSet
+from lib.model_store import ModelStore
+from lib.transforms import BadInputError, load_transforms
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.tasks.infer.basic_infer import BasicInferTask
+from monailabel.transform.post import Restored
+
+logger = logging.getLogger(__name__)
+
+RESULT_EXTENSIONS = (".nrrd", ".seg.nrrd", ".nii.gz", ".nii")
+RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "uint32")
+MAX_LABEL_PROMPTS = 256
+
+
+class ModelUnavailableError(RuntimeError):
+    """The network could not be built (see /info for why); answered with 503."""
+
+
+def _is_upload(path: str) -> bool:
+    """MONAI Label stores uploads as ``<tempdir>/tmpXXXXXXXX<ext>``: identify those by content, not by name."""
+    real = os.path.realpath(path)
+    return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
+
+
+class RestoreGeometryd(MapTransform):
+    """Resample the label map (nearest neighbour) from the pre-processed grid back onto the original image grid.
+
+    Uses the pre-processed image's current affine and its ``original_affine`` / ``spatial_shape``, so it
+    undoes orientation and spacing in one step, whatever the transform history.
+    """
+
+    def __init__(self, keys="pred", ref_image="image"):
+        super().__init__(keys)
+        self.ref_image = ref_image
+        self.resampler = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
+
+    def __call__(self, data):
+        d = dict(data)
+        ref = d[self.ref_image]
+        original_affine = torch.as_tensor(np.asarray(ref.meta["original_affine"]), dtype=torch.float64)
+        spatial_shape = [int(s) for s in np.asarray(ref.meta["spatial_shape"]).tolist()][-3:]
+        for key in self.key_iterator(d):
+            pred = d[key]
+            pred = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)
+            img = MetaTensor(pred.float(), affine=ref.affine.clone())
+            with self.resampler.trace_transform(False):
+                out = self.resampler(img, dst_affine=original_affine, spatial_size=spatial_shape)
+            d[key] = MetaTensor(torch.round(out.as_tensor()), affine=original_affine)
+        return d
+
+
+class RefSAM3DInfer(BasicInferTask):
+    """Text-prompted segmentation with RefSAM3D; weights from a :class:`ModelStore`, encodings in an :class:`EncodingCache`."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        label_set: LabelSet,
+        cache: EncodingCache,
+        target_spacing: Sequence[float],
+        roi_size: Sequence[int],
+        sw_overlap: float | str = "auto",
+        sw_batch_size: int = 1,
+        modality: Optional[str] = None,
+        max_prompt_chars: int = 500,
+        prompt_chunk: int = 8,
+        description: str = "",
+        extra_warnings: Optional[List[str]] = None,
+        **kwargs,
+    ):
+        self.store = store
+        self.label_set = label_set
+        self.cache = cache
+        self.target_spacing = tuple(float(s) for s in target_spacing)
+        self.sw_overlap = sw_overlap if isinstance(sw_overlap, str) else float(sw_overlap)
+        self.sw_batch_size = int(sw_batch_size)
+        self.modality = (modality or label_set.modality).upper()
+        self.max_prompt_chars = int(max_prompt_chars)
+        self.prompt_chunk = int(prompt_chunk)
+        self.extra_warnings = extra_warnings if extra_warnings is not None else []
+        self._base_description = description or (
+            f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
+            f"({len(label_set.labels)} labels, {self.modality}). Free text via text_prompt, labels via "
+            "label_prompt, or every label of the set when neither is given."
+        )
+        self._last_version: Optional[str] = None
+        super().__init__(
+            path=None,
+            network=None,
+            type=InferType.SEGMENTATION,
+            labels=label_set.labels,
+            dimension=3,
+            description=self._base_description,
+            config={"text_prompt": "", "threshold": 0.5},
+            load_strict=False,
+            roi_size=tuple(int(r) for r in roi_size),
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ info
+    def is_valid(self) -> bool:
+        return True  # weights are managed by the ModelStore (an untrained model still serves, with a warning)
+
+    def warnings(self) -> List[str]:
+        return self.store.warnings() + list(self.extra_warnings)
+
+    def info(self) -> Dict[str, Any]:
+        warnings = self.warnings()
+        description = self._base_description
+        if warnings:
+            description += " WARNING: " + " | ".join(warnings)
+        return {
+            "type": self.type,
+            "labels": self.labels,
+            "dimension": self.dimension,
+            "description": description,
+            "config": self.config(),
+            "label_set": self.label_set.name,
+            "prompts": self.label_set.prompts,
+            "modality": self.modality,
+            "target_spacing": list(self.target_spacing),
+            "roi_size": list(self.roi_size),
+            "sw_overlap": self.sw_overlap,
+            "weights": self.store.status(),
+            "warnings": warnings,
+            "cache": self.cache.stats(),
+        }
+
+    # ------------------------------------------------------------------ request parsing
+    def parse_prompts(self, request: Dict[str, Any]) -> Tuple[str, List[Tuple[str, int, str]]]:
+        """(mode, [(name, value in the mask, text prompt)]); BadInputError(422) for bad prompts."""
+        text = request.get("text_prompt")
+        if text is not None and text != "":
+            if not isinstance(text, str):
+                raise BadInputError(f"text_prompt must be a string, got {type(text).__name__} {text!r}")
+            stripped = " ".join(text.split())
+            if not stripped or not re.search(r"\w", stripped):
+                raise BadInputError(
+                    "text_prompt is empty (only spaces or punctuation): describe the structure to segment, "
+                    "e.g. 'liver' or 'CT images, liver tumor segmentation'"
+                )
+            if len(stripped) > self.max_prompt_chars:
+                raise BadInputError(
+                    f"text_prompt is {len(stripped)} characters long; at most {self.max_prompt_chars} are allowed"
+                )
+            return "text", [(stripped, 1, stripped)]
+
+        raw = request.get("label_prompt")
+        items = self._label_prompt_items(raw)
+        if items:
+            chosen: List[Tuple[str, int, str]] = []
+            prompts = self.label_set.prompts
+            for item in items:
+                name = self._resolve_label(item)
+                if name not in [c[0] for c in chosen]:
+                    chosen.append((name, self.label_set.labels[name], prompts[name]))
+            return "labels", chosen
+        return "auto", [(n, i, self.label_set.prompts[n]) for n, i in self.label_set.labels.items()]
+
+    def _label_prompt_items(self, raw: Any) -> List[Any]:
+        if raw is None or raw == "" or raw == []:
+            return []
+        if isinstance(raw, bool):
+            raise BadInputError(f"label_prompt must be label indices (e.g. [1, 2]), got {raw!r}")
+        if isinstance(raw, (int, float)):
+            items: List[Any] = [raw]
+        elif isinstance(raw, str):
+            items = [s.strip() for s in raw.strip().strip("[]").split(",") if s.strip()]
+        elif isinstance(raw, (list, tuple)):
+            items = list(raw)
+        else:
+            raise BadInputError(f"label_prompt must be a list of label indices, got {type(raw).__name__}")
+        if len(items) > MAX_LABEL_PROMPTS:
+            raise BadInputError(f"label_prompt has {len(items)} entries; at most {MAX_LABEL_PROMPTS} are allowed")
+        return items
+
+    def _resolve_label(self, item: Any) -> str:
+        valid = ", ".join(f"{i}={n}" for n, i in self.label_set.labels.items())
+        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
+            raise BadInputError(f"label_prompt entry {item!r} is not a label index; label set '{self.label_set.name}' has {valid}")
+        if isinstance(item, str) and not re.fullmatch(r"[+-]?\d+(\.0*)?", item.strip()):
+            try:
+                return self.label_set.name_of(self.label_set.index_of(item))
+            except KeyError:
+                raise BadInputError(
+                    f"label_prompt entry '{item}' is not a label of label set '{self.label_set.name}'; valid: {valid}"
+                ) from None
+        value = float(item)
+        if value != int(value):
+            raise BadInputError(f"label_prompt entry {item!r} is not an integer label index; valid: {valid}")
+        try:
+            return self.label_set.name_of(int(value))
+        except KeyError:
+            raise BadInputError(
+                f"label_prompt index {int(value)} is not in label set '{self.label_set.name}'; valid: {valid}"
+            ) from None
+
+    def _parse_options(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        thr = request.get("threshold", 0.5)
+        try:
+            thr = float(thr[0] if isinstance(thr, (list, tuple)) else thr)
+        except (TypeError, ValueError):
+            raise BadInputError(f"threshold must be a number between 0 and 1, got {thr!r}") from None
+        if not 0.0 < thr < 1.0:
+            raise BadInputError(f"threshold must be between 0 and 1 (exclusive), got {thr}")
+        out["threshold"] = thr
+
+        ov = request.get("sw_overlap", self.sw_overlap)
+        if isinstance(ov, str) and ov.strip().lower() in ("", "auto"):
+            out["sw_overlap"] = "auto"
+        else:
+            try:
+                ov = float(ov)
+            except (TypeError, ValueError):
+                raise BadInputError(f"sw_overlap must be 'auto' or a number in [0, 0.9], got {ov!r}") from None
+            if not 0.0 <= ov <= 0.9:
+                raise BadInputError(f"sw_overlap must be 'auto' or a number in [0, 0.9], got {ov}")
+            out["sw_overlap"] = ov
+
+        modality = str(request.get("modality") or self.modality).upper()
+        modality = "MR" if modality == "MRI" else modality
+        if modality not in ("CT", "MR"):
+            raise BadInputError(f"modality must be CT or MR, got {request.get('modality')!r}")
+        out["modality"] = modality
+
+        ext = request.get("result_extension") or None
+        if ext is not None:
+            ext = str(ext).strip().lower()
+            ext = ext if ext.startswith(".") else "." + ext
+            if ext not in RESULT_EXTENSIONS:
+                raise BadInputError(f"result_extension must be one of {', '.join(RESULT_EXTENSIONS)}, got {ext!r}")
+        out["result_extension"] = ext
+
+        dtype = request.get("result_dtype") or None
+        if dtype is not None:
+            dtype = str(dtype).strip().lower()
+            if dtype not in RESULT_DTYPES:
+                raise BadInputError(f"result_dtype must be one of {', '.join(RESULT_DTYPES)}, got {dtype!r}")
+        out["result_dtype"] = dtype
+        return out
+
+    # ------------------------------------------------------------------ the call
+    def __call__(self, request, callbacks=None):
+        request = dict(request)
+        mode, prompts = self.parse_prompts(request)
+        opts = self._parse_options(request)
+        max_value = max(v for _, v, _ in prompts)
+        if opts["result_dtype"] == "uint8" and max_value > 255:
+            raise BadInputError(f"result_dtype uint8 cannot hold label value {max_value}; ask for uint16")
+        request.update(
+            {
+                "_prompts": prompts,
+                "_mode": mode,
+                "threshold": opts["threshold"],
+                "sw_overlap": opts["sw_overlap"],
+                "modality": opts["modality"],
+                "result_dtype": opts["result_dtype"] or ("uint8" if max_value <= 255 else "uint16"),
+                "result_extension": opts["result_extension"],
+            }
+        )
+        result_file, result_json = super().__call__(request, callbacks)
+        label_names = result_json.pop("_label_names", None)
+        if label_names is not None:
+            result_json["label_names"] = label_names  # BasicInferTask wrote the whole label set here
+        return result_file, result_json
+
+    # ------------------------------------------------------------------ pre-processing (cached per study)
+    def _image_identity(self, path: str) -> Tuple:
+        if os.path.isdir(path):
+            return file_identity(path)
+        return file_identity(path, hash_content=_is_upload(path))
+
+    def _pre_settings(self, data) -> Tuple:
+        window = tuple(self.label_set.ct_window) if data.get("modality", self.modality) == "CT" else None
+        return (data.get("modality", self.modality), self.target_spacing, window)
+
+    def pre_transforms(self, data=None) -> Sequence[Callable]:
+        modality, spacing, window = self._pre_settings(data or {})
+        return load_transforms(modality, spacing, ct_window=window)
+
+    def run_pre_transforms(self, data: Dict[str, Any], transforms):
+        path = data.get("image")
+        if not isinstance(path, str) or not path:
+            raise BadInputError("no image: give an image id of the datastore or upload a file", 400)
+        if not os.path.exists(path):
+            raise BadInputError(f"image '{os.path.basename(path)}' does not exist", 404)
+        identity = self._image_identity(path)
+        key = ("image", identity, self._pre_settings(data))
+        data["_identity"] = identity
+
+        def compute():
+            out = super(RefSAM3DInfer, self).run_pre_transforms(dict(data), transforms)
+            return out["image"]
+
+        image, hit = self.cache.compute_once(key, compute)
+        data["image"] = image  # read-only from here on (shared with the cache)
+        data["_cache_image"] = "hit" if hit else "miss"
+        return data
+
+    def inverse_transforms(self, data=None):
+        return None  # RestoreGeometryd in post_transforms maps the label map back to the original grid
+
+    # ------------------------------------------------------------------ inference
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+        try:
+            model, version = self.store.get()
+        except Exception as e:
+            raise ModelUnavailableError(
+                f"the RefSAM3D network is not available ({type(e).__name__}: {str(e)[:300]}); see /info for the weights status"
+            ) from e
+        if version != self._last_version:
+            if self._last_version is not None:
+                dropped = self.cache.discard(lambda k: k[0] == "encoding" and k[3] != version)
+                logger.info(f"RefSAM3D weights changed ({self._last_version} -> {version}); dropped {dropped} cached encodings")
+            self._last_version = version
+
+        prompts: List[Tuple[str, int, str]] = data["_prompts"]
+        image: torch.Tensor = data["image"]
+        roi = tuple(int(r) for r in self.roi_size)
+        overlap = data["sw_overlap"]  # "auto" or a fraction
+        key = ("encoding", data["_identity"], self._pre_settings(data), version, roi, overlap)
+        texts = [p for _, _, p in prompts]
+
+        def run(encodings):
+            return segment_prompts(
+                model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
+                threshold=float(data["threshold"]), chunk=self.prompt_chunk,
+            )
+
+        start = time.time()
+        encodings = self.cache.get(key)
+        hit = encodings is not None
+        if not hit:
+            with self.cache.key_lock(key):  # a second request for this study waits for this encoding
+                encodings = self.cache.get(key)
+                hit = encodings is not None
+                if not hit:
+                    encodings = {}
+                    labels, counts = run(encodings)
+                    stored = self.cache.put(key, encodings, nbytes(encodings))
+                    logger.info(f"RefSAM3D: encoded {len(encodings)} windows ({nbytes(encodings) / 2**20:.1f} MiB, "
+                                f"cached: {stored}) in {time.time() - start:.2f}s")
+        if hit:
+            labels, counts = run(encodings)
+
+        lut = torch.zeros(len(prompts) + 1, dtype=torch.int32)
+        for k, (_, value, _) in enumerate(prompts, start=1):
+            lut[k] = value
+        label_map = lut[labels.long()]
+        data["pred"] = MetaTensor(label_map[None].float(), affine=image.affine.clone())
+        data["result"] = {
+            "_label_names": {name: value for name, value, _ in prompts},
+            "prompts": {name: text for name, _, text in prompts},
+            "prompt_mode": data["_mode"],
+            "model": {"preset": self.store.preset, "version": version, "trained": self.store.has_trained_weights()},
+            "cache": {"image": data.get("_cache_image"), "encoding": "hit" if hit else "miss"},
+            "warnings": self.warnings(),
+        }
+        return data
+
+    # ------------------------------------------------------------------ post-processing and writing
+    def post_transforms(self, data=None) -> Sequence[Callable]:
+        return [
+            RestoreGeometryd(keys="pred", ref_image="image"),
+            Restored(keys="pred", ref_image="image"),
+        ]
+
+    def writer(self, data: Dict[str, Any], extension=None, dtype=None):
+        pred = data["pred"]
+        arr = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(np.asarray(pred))
+        values = torch.bincount(arr.flatten().long().clamp(min=0))
+        result = data.setdefault("result", {})
+        result["voxels"] = {
+            name: int(values[v]) if v < len(values) else 0 for name, v in result.get("_label_names", {}).items()
+        }
+        if not data.get("result_extension"):
+            path = str(data.get("image_path") or "")
+            ext = next((e for e in RESULT_EXTENSIONS if path.lower().endswith(e)), ".nii.gz")
+            data["result_extension"] = ext
+        return super().writer(data, extension=extension, dtype=dtype)

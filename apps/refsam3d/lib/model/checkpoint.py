@@ -1,0 +1,110 @@
+"""Save / load OUR trained RefSAM3D weights (not SAM's; see ``sam_checkpoint.py`` for those).
+
+A checkpoint is a ``torch.save`` dict: ``format`` tag, ``config`` (rebuilds the architecture),
+``sam_initialised``, ``state_dict`` (trainable and other non-frozen tensors only: neither SAM's frozen
+encoder tensors nor the text encoder), and ``extra`` (label names, epoch, metrics; plain
+Python/tensor values). Writes are atomic (temporary file + ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+
+from .build import build_refsam3d
+from .refsam3d import RefSAM3D
+from .text_encoder import TextEncoder
+
+FORMAT = "refsam3d-checkpoint/v1"
+
+
+class CheckpointError(ValueError):
+    """Not a (complete) RefSAM3D checkpoint."""
+
+
+def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dict[str, Any]] = None) -> Path:
+    """Atomically write ``model``'s own weights + config (+ ``extra``) to ``path``; returns the path.
+
+    Frozen tensors are left out only when they come from SAM (``sam_initialised``): a vit_b built
+    without SAM weights stores its (random) frozen encoder too, so that it can be rebuilt exactly.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    skip = model.frozen_state_keys() if model.sam_initialised else {k for k in model.state_dict() if k.startswith("text_encoder.")}
+    state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if k not in skip}
+    payload = {"format": FORMAT, "config": dict(model.config), "sam_initialised": bool(model.sam_initialised),
+               "state_dict": state, "extra": dict(extra or {})}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.device] = "cpu") -> dict[str, Any]:
+    """Load and validate the checkpoint dict (clear errors for missing, truncated or foreign files)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"RefSAM3D checkpoint {str(path)!r} does not exist")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001
+        raise CheckpointError(f"{str(path)!r} ({path.stat().st_size} bytes) is not a readable RefSAM3D checkpoint "
+                              f"(truncated or corrupt file?): {type(err).__name__}: {str(err)[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        if isinstance(payload, dict) and any(str(k).startswith("image_encoder.") for k in payload):
+            raise CheckpointError(f"{str(path)!r} is a SAM checkpoint, not a RefSAM3D one: pass it as sam_checkpoint=")
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise CheckpointError(f"{str(path)!r} is not a RefSAM3D checkpoint (format {found!r}, expected {FORMAT!r})")
+    for key in ("config", "state_dict"):
+        if not isinstance(payload.get(key), dict):
+            raise CheckpointError(f"{str(path)!r} is a damaged RefSAM3D checkpoint: no {key!r}")
+    return payload
+
+
+def load_checkpoint(
+    path: Union[str, Path],
+    sam_checkpoint: Optional[Union[str, Path]] = None,
+    text_encoder: Optional[Union[str, Path, TextEncoder]] = None,
+    map_location: Union[str, torch.device] = "cpu",
+    require_sam: bool = True,
+) -> RefSAM3D:
+    """Rebuild the model from the stored config and load its weights; ``model.checkpoint_extra`` = ``extra``.
+
+    A checkpoint trained on SAM weights needs ``sam_checkpoint`` (its frozen encoder is not stored);
+    ``require_sam=False`` builds it anyway with a random encoder (with a warning; for tests only).
+    ``text_encoder`` defaults to the stored name/folder.
+    """
+    payload = read_checkpoint(path, "cpu")
+    cfg = dict(payload["config"])
+    preset = cfg.pop("preset")
+    stored_text = cfg.pop("text_encoder", None)
+    if payload.get("sam_initialised") and sam_checkpoint is None and require_sam:
+        raise CheckpointError(f"{str(path)!r} was trained on the frozen SAM ViT-B encoder, which it does not contain: "
+                              "pass sam_checkpoint='.../sam_vit_b_01ec64.pth'")
+    model = build_refsam3d(preset, sam_checkpoint, text_encoder if text_encoder is not None else stored_text, **cfg)
+    state = payload["state_dict"]
+    own = model.state_dict()
+    bad = [f"{k}: stored {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if bad:
+        raise CheckpointError(f"{str(path)!r} does not fit the rebuilt model (different text encoder width?): {bad[:3]}")
+    result = model.load_state_dict(state, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"{str(path)!r} has tensors the model does not have: {result.unexpected_keys[:5]}")
+    allowed_missing = model.frozen_state_keys() if payload.get("sam_initialised") else {k for k in own if k.startswith("text_encoder.")}
+    incomplete = sorted(set(result.missing_keys) - allowed_missing)
+    if incomplete:
+        raise CheckpointError(f"{str(path)!r} is incomplete: {len(incomplete)} tensors missing, e.g. {incomplete[:5]}")
+    model.checkpoint_extra = payload.get("extra", {})  # type: ignore[attr-defined]
+    return model.to(map_location)

@@ -1,0 +1,64 @@
+"""Small building blocks shared by the RefSAM3D components (3D counterparts of SAM's ``common.py``)."""
+
+from __future__ import annotations
+
+from typing import Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from segment_anything.modeling.common import MLPBlock  # noqa: F401  (re-exported: SAM's block MLP)
+from segment_anything.modeling.mask_decoder import MLP  # noqa: F401  (re-exported: SAM's hypernetwork MLP)
+
+
+class LayerNorm3d(nn.Module):
+    """LayerNorm over the channel axis of a ``[B, C, D, H, W]`` tensor (SAM's ``LayerNorm2d`` in 3D).
+
+    Implemented as ``F.layer_norm`` on a channels-last view: no copy when the input is
+    ``channels_last_3d`` and numerically safe under autocast.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.permute(0, 2, 3, 4, 1)  # [B, D, H, W, C]
+        y = F.layer_norm(y, (y.shape[-1],), self.weight, self.bias, self.eps)
+        return y.permute(0, 4, 1, 2, 3)  # [B, C, D, H, W]
+
+
+class PatchConvTranspose3d(nn.ConvTranspose3d):
+    """``ConvTranspose3d`` with ``kernel_size == stride`` (non-overlapping "un-patching").
+
+    Same parameters and result as ``nn.ConvTranspose3d(cin, cout, k, stride=k)``, computed as one
+    matmul plus a pixel-shuffle: PyTorch's CPU transposed 3D conv is ~5x slower than this.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, scale: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size=scale, stride=scale)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:  # type: ignore[override]
+        b, c, d, h, w = x.shape
+        s, co = self.scale, self.out_channels
+        weight = self.weight.reshape(c, co * s * s * s)  # [Cin, Cout*s^3]
+        y = torch.matmul(x.permute(0, 2, 3, 4, 1), weight.to(x.dtype))
+        # [B, d, h, w, Cout, s, s, s] -> [B, d, s, h, s, w, s, Cout] -> channels-last [B, D, H, W, Cout]
+        y = y.view(b, d, h, w, co, s, s, s).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(b, d * s, h * s, w * s, co)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.permute(0, 4, 1, 2, 3)  # [B, Cout, D, H, W] (channels_last_3d strides)
+
+
+class ConvNormAct3d(nn.Sequential):
+    """Conv3d (k, same padding, no bias) -> LayerNorm3d -> activation."""
+
+    def __init__(self, cin: int, cout: int, kernel_size: int = 3, act: Type[nn.Module] = nn.GELU) -> None:
+        super().__init__(
+            nn.Conv3d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False),
+            LayerNorm3d(cout),
+            act(),
+        )

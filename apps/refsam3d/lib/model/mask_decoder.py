@@ -1,0 +1,124 @@
+"""Lightweight 3D mask decoder (Sec. III-D): SAM's mask decoder in 3D with progressive upsampling
+to full resolution, U-shaped multi-layer aggregation (MLAM) of stage 1-4 features and a last 3D
+conv over ``[mask features, input image]``.
+
+Split for fast multi-prompt decoding:
+
+* ``PixelDecoder3D`` (prompt-independent, once per image): ``log2(patch)`` x2 transposed 3D convs from
+  the stage-4 embedding, injecting stage 3/2/1 features at successive levels (U-shape), then the
+  last conv over ``[features, image]`` -> mask features ``M [B, Cm, D, H, W]``.
+* ``MaskDecoder3D`` (per prompt, at the token grid): SAM's two-way transformer between the stage-4
+  embedding + dense cross-modal prompt and the sparse tokens ``[mask token, sentence, words]``; a
+  hypernetwork MLP turns the mask token into ``Cm`` weights, ``logits = <w, M> + b`` plus a coarse
+  token-grid term (mask token . transformer image tokens) upsampled trilinearly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .common import MLP, LayerNorm3d, PatchConvTranspose3d
+from .transformer import TwoWayTransformer
+
+
+class PositionEmbeddingRandom3D(nn.Module):
+    """SAM's random Fourier positional encoding, for a 3D grid: ``[C, d, h, w]`` with ``C = 2 * num_pos_feats``."""
+
+    def __init__(self, num_pos_feats: int = 128, scale: float = 1.0, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(3, num_pos_feats, generator=g))
+
+    def forward(self, size: Sequence[int]) -> torch.Tensor:
+        gm = self.positional_encoding_gaussian_matrix
+        axes = [(torch.arange(n, device=gm.device, dtype=gm.dtype) + 0.5) / n for n in size]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [d, h, w, 3] in (0, 1)
+        coords = 2 * math.pi * ((2 * coords - 1) @ gm)  # [d, h, w, F]
+        return torch.cat([coords.sin(), coords.cos()], dim=-1).permute(3, 0, 1, 2)  # [C, d, h, w]
+
+
+class PixelDecoder3D(nn.Module):
+    """Prompt-independent U-shaped upsampling path: stage features (token grid) + image -> ``M``."""
+
+    def __init__(self, dim: int, patch_size: int, channels: Sequence[int], mask_dim: int, num_stages: int = 4,
+                 in_chans: int = 1, final_kernel: int = 3) -> None:
+        super().__init__()
+        n_up = int(round(math.log2(patch_size)))
+        if 2**n_up != patch_size:
+            raise ValueError(f"patch_size must be a power of 2 (log2(patch) x2 upsamplings), got {patch_size}")
+        if len(channels) != n_up:
+            raise ValueError(f"decoder_channels needs log2(patch_size)={n_up} entries, got {list(channels)}")
+        self.n_up = n_up
+        # stage (0-based) injected at level j: the last stage is the base, then stage N-2 at level 1, ...
+        self.level_stage = {j: num_stages - 1 - j for j in range(1, n_up + 1) if num_stages - 1 - j >= 0}
+        self.base_stages = [s for s in range(num_stages - 1) if s not in self.level_stage.values()]  # merged at the base
+        self.base = nn.Sequential(nn.Conv3d(dim * (1 + len(self.base_stages)), dim, 1, bias=False), LayerNorm3d(dim), nn.GELU())
+        chans = [dim, *channels]
+        self.ups = nn.ModuleList(PatchConvTranspose3d(chans[j - 1], chans[j], 2) for j in range(1, n_up + 1))
+        self.skips = nn.ModuleDict({
+            str(j): nn.Sequential(nn.Conv3d(dim, chans[j], 1), PatchConvTranspose3d(chans[j], chans[j], 2**j))
+            for j in self.level_stage
+        })
+        self.norms = nn.ModuleList(LayerNorm3d(chans[j]) for j in range(1, n_up + 1))
+        # one 3x3x3 conv per level below full resolution (full resolution only gets the final conv)
+        self.convs = nn.ModuleList(nn.Conv3d(chans[j], chans[j], 3, padding=1) for j in range(1, n_up))
+        self.act = nn.GELU()
+        self.final = nn.Conv3d(chans[-1] + in_chans, mask_dim, final_kernel, padding=final_kernel // 2)
+
+    def forward(self, stages: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """stages: N x ``[B, C, d, h, w]``; image ``[B, 1, D, H, W]`` (``D = d * patch``) -> ``M [B, Cm, D, H, W]``."""
+        x = self.base(torch.cat([stages[-1], *[stages[s] for s in self.base_stages]], dim=1))  # [B, C, d, h, w]
+        for j in range(1, self.n_up + 1):
+            x = self.ups[j - 1](x)  # x2 per axis: [B, c_{j-1}, ...] -> [B, c_j, 2x ...]
+            if j in self.level_stage:
+                x = x + self.skips[str(j)](stages[self.level_stage[j]])  # U-shape skip, same size
+            x = self.act(self.norms[j - 1](x))
+            if j < self.n_up:
+                x = x + self.act(self.convs[j - 1](x))
+        x = torch.cat([x, image.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)], dim=1)  # [B, c_n + 1, D, H, W]
+        return self.act(self.final(x))  # [B, Cm, D, H, W]
+
+
+class MaskDecoder3D(nn.Module):
+    """Per-prompt part of the decoder (SAM's ``MaskDecoder`` with one mask token and no IoU head)."""
+
+    def __init__(self, dim: int, mask_dim: int, transformer_depth: int = 2, num_heads: int = 8, mlp_dim: int = 2048) -> None:
+        super().__init__()
+        self.transformer = TwoWayTransformer(transformer_depth, dim, num_heads, mlp_dim)
+        self.mask_tokens = nn.Embedding(1, dim)  # SAM's single-mask output token (row 0 of SAM's 4)
+        self.pe_layer = PositionEmbeddingRandom3D(dim // 2)
+        self.output_hypernetworks_mlp = MLP(dim, dim, mask_dim + 1, 3)  # -> Cm weights + 1 bias
+        self.coarse_mlp = MLP(dim, dim, dim, 3)
+        self.mask_dim = mask_dim
+
+    def forward(self, image_embedding: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor, sparse_mask: torch.Tensor,
+                mask_features: torch.Tensor) -> torch.Tensor:
+        """image_embedding ``[B, C, d, h, w]``, dense ``[B*K, C, d, h, w]``, sparse ``[K, T, C]``,
+        sparse_mask ``[K, T]``, mask_features ``[B, Cm, D, H, W]`` -> logits ``[B, K, D, H, W]``."""
+        b, c = image_embedding.shape[:2]
+        grid = image_embedding.shape[2:]
+        k, t, _ = sparse.shape
+        # the mask token starts as SAM's learned token + the sentence embedding (first sparse token), so it
+        # carries the prompt's identity from the first layer on
+        mask_token = self.mask_tokens.weight[None].to(sparse.dtype) + sparse[:, :1]  # [K, 1, C]
+        tokens = torch.cat([mask_token, sparse], dim=1)  # [K, 1+T, C]
+        tmask = torch.cat([torch.ones_like(sparse_mask[:, :1]), sparse_mask], dim=1)  # [K, 1+T]
+        tokens = tokens[None].expand(b, k, 1 + t, c).reshape(b * k, 1 + t, c)
+        sentence = sparse[None, :, 0].expand(b, k, c).reshape(b * k, c)  # [B*K, C]
+        tmask = tmask[None].expand(b, k, 1 + t).reshape(b * k, 1 + t)
+        src = image_embedding.repeat_interleave(k, dim=0) + dense  # [B*K, C, d, h, w]
+        pe = self.pe_layer(grid)[None].to(src.dtype)  # [1, C, d, h, w]
+        hs, src_out = self.transformer(src, pe, tokens, tmask)  # [B*K, 1+T, C], [B*K, N, C]
+        mask_token = hs[:, 0] + sentence  # [B*K, C]; the sentence again: SAM's first layer has no residual
+        hyper = self.output_hypernetworks_mlp(mask_token).view(b, k, self.mask_dim + 1)
+        weights, bias = hyper[..., :-1], hyper[..., -1]  # [B, K, Cm], [B, K]
+        m = mask_features.permute(0, 2, 3, 4, 1)  # [B, D, H, W, Cm] (a view for channels_last_3d)
+        fine = torch.einsum("bdhwc,bkc->bkdhw", m, weights.to(m.dtype)) + bias[..., None, None, None].to(m.dtype)
+        coarse = torch.einsum("bnc,bc->bn", src_out, self.coarse_mlp(mask_token)) / math.sqrt(c)  # [B*K, N]
+        coarse = F.interpolate(coarse.view(b * k, 1, *grid).float(), size=fine.shape[-3:], mode="trilinear", align_corners=False)
+        return fine + coarse.view(b, k, *fine.shape[-3:]).to(fine.dtype)  # [B, K, D, H, W]

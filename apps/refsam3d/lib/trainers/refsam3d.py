@@ -1,0 +1,206 @@
+"""MONAI Label train task ``refsam3d``: fine-tune RefSAM3D on the datastore's final labels.
+
+A thin ``BasicTrainTask``: MONAI Label gives the request (the user's ``config`` edits) and the data
+list; the loop itself is ``lib.training.run_training`` -- the same code as ``scripts/train.py``.
+The best model (validation Dice) is published to ``ModelStore.published_path`` with the atomic
+``save_checkpoint``; the infer task's ``ModelStore.get()`` notices the new file and reloads it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from monailabel.interfaces.datastore import Datastore
+from monailabel.tasks.train.basic_train import BasicTrainTask, Context
+from monailabel.utils.others.generic import device_list
+
+from lib.training import (
+    PromptDiceCELoss,
+    PromptModelAdapter,
+    TrainConfig,
+    entries_from_label_set,
+    run_training,
+    split_datalist,
+    train_transforms,
+    val_transforms,
+)
+from lib.training.config import first, parse_bool, parse_size, sizes_str
+
+logger = logging.getLogger(__name__)
+
+PRESETS = ("small", "vit_b")
+
+# --conf keys (strings) that set the defaults of the train options: "train_<option>"
+CONF_PREFIX = "train_"
+
+
+def defaults_from_conf(conf: dict) -> TrainConfig:
+    """``--conf train_epochs 20 --conf train_lr 1e-3 ...`` -> the default ``TrainConfig`` of the task."""
+    values = {}
+    for key, value in (conf or {}).items():
+        if key.startswith(CONF_PREFIX):
+            values[key[len(CONF_PREFIX):]] = value
+    return TrainConfig.from_mapping(values, base=TrainConfig(max_epochs=50, learning_rate=1e-4, val_split=0.2))
+
+
+class RefSAM3DTrain(BasicTrainTask):
+    """Fine-tune RefSAM3D (text-prompted) on final labels; constructed as ``RefSAM3DTrain(config=task_config)``."""
+
+    def __init__(self, config, description: str = "Fine-tune RefSAM3D on the final labels (text prompt per label)",
+                 **kwargs):
+        self.task_config = config
+        conf = dict(getattr(config, "conf", None) or {})
+        self.label_set = config.label_set
+        self.store = config.store
+        self.preset = str(getattr(config, "preset", None) or conf.get("preset", "small"))
+        self.base_cfg = defaults_from_conf(conf)
+        roi = getattr(config, "roi_size", None) or parse_size(conf.get("roi_size"))
+        self.roi_size = tuple(roi) if roi else tuple(self.label_set.roi_size(self.preset))
+        self.overlap = float(getattr(config, "sw_overlap", None) or conf.get("sw_overlap", 0.25))
+        self.modality = str(getattr(config, "modality", None) or self.label_set.modality)
+        self.target_spacing = tuple(getattr(config, "target_spacing", None) or self.label_set.target_spacing)
+        crop = self.base_cfg.crop_size or self.roi_size
+        user_config: dict[str, Any] = {
+            "name": "train_01",
+            "pretrained": True,  # continue from the published model when there is one
+            "device": device_list(),
+            "max_epochs": self.base_cfg.max_epochs,
+            "max_minutes": self.base_cfg.max_minutes,
+            "crop_size": sizes_str(crop),
+            "learning_rate": self.base_cfg.learning_rate,
+            "weight_decay": self.base_cfg.weight_decay,
+            "val_split": self.base_cfg.val_split,
+            "train_batch_size": self.base_cfg.batch_size,
+            "num_samples": self.base_cfg.num_samples,
+            "preset": [self.preset] + [p for p in PRESETS if p != self.preset],
+            "labels": ",".join(self.base_cfg.labels) if self.base_cfg.labels else "all",
+            "augment": self.base_cfg.augment,
+            "multi_gpu": False,
+            "gpus": "all",
+        }
+        model_dir = os.path.join(str(config.model_dir), str(getattr(config, "name", "refsam3d")))
+        super().__init__(
+            model_dir=model_dir,
+            description=description,
+            config=user_config,
+            amp=True,
+            publish_path=str(self.store.published_path),
+            labels=dict(self.label_set.labels),
+            **kwargs,
+        )
+        # options of BasicTrainTask this task does not use (it has its own loop)
+        for key in ("dataset", "dataloader", "tracking", "tracking_uri", "tracking_experiment_name",
+                    "early_stop_patience", "val_batch_size"):
+            self._config.pop(key, None)
+
+    # ------------------------------------------------------------------ BasicTrainTask's abstract parts
+    # They describe the same pieces the shared engine uses (kept for MONAI Label tooling/introspection).
+    def network(self, context: Context):
+        return self._load_model(self.preset, pretrained=True)[0]
+
+    def optimizer(self, context: Context):
+        import torch
+
+        params = context.network.trainable_parameters() if hasattr(context.network, "trainable_parameters") \
+            else context.network.parameters()
+        return torch.optim.AdamW(params, lr=self.base_cfg.learning_rate, weight_decay=self.base_cfg.weight_decay)
+
+    def loss_function(self, context: Context):
+        return PromptDiceCELoss(self.base_cfg.dice_weight, self.base_cfg.ce_weight)
+
+    def train_pre_transforms(self, context: Context):
+        return train_transforms(self.modality, self.target_spacing,
+                                self.base_cfg.crop_size or self.roi_size, self.base_cfg)
+
+    def train_post_transforms(self, context: Context):
+        return []
+
+    def val_pre_transforms(self, context: Context):
+        return val_transforms(self.modality, self.target_spacing)
+
+    def val_inferer(self, context: Context):
+        from monai.inferers import SlidingWindowInferer
+
+        return SlidingWindowInferer(roi_size=self.roi_size, overlap=self.overlap)
+
+    # ------------------------------------------------------------------ the run
+    def _store_for(self, preset: str):
+        if preset == self.preset:
+            return self.store
+        from lib.model_store import ModelStore
+
+        store = self.store
+        return ModelStore(
+            self.task_config.model_dir, preset,
+            sam_checkpoint=getattr(store, "sam_checkpoint", None),
+            text_encoder=getattr(store, "text_encoder", None),
+            use_pretrained_model=getattr(store, "use_pretrained_model", True),
+        )
+
+    def _load_model(self, preset: str, pretrained: bool):
+        """(model, started_from_published): the published model to fine-tune, else the base weights."""
+        store = self._store_for(preset)
+        published = Path(store.published_path)
+        if pretrained and published.exists():
+            try:
+                from lib.model import load_checkpoint
+
+                model = load_checkpoint(
+                    str(published),
+                    sam_checkpoint=getattr(store, "sam_checkpoint", None),
+                    text_encoder=getattr(store, "text_encoder", None),
+                    map_location="cpu",
+                )
+                logger.info(f"Fine-tuning the published model {published}")
+                return model, True
+            except Exception as exc:  # unreadable file: start from the base weights, do not crash the run
+                logger.warning(f"Published model {published} could not be loaded ({exc}); starting from base weights")
+        logger.info("Training from the base weights (no published model, or pretrained=false)")
+        return store.build_fresh(), False
+
+    def pre_process(self, request, datastore: Datastore):
+        return datastore.datalist()
+
+    def train(self, rank, world_size, request, datalist):
+        cfg = TrainConfig.from_mapping(request, base=self.base_cfg)
+        preset = str(first(request.get("preset")) or self.preset)
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        store = self._store_for(preset)
+        if preset != self.preset:
+            logger.warning(f"Training preset {preset!r} while the server serves {self.preset!r}: the result is "
+                           f"published to {store.published_path} and served after a restart with --conf preset {preset}")
+        roi = self.roi_size if preset == self.preset else tuple(self.label_set.roi_size(preset))
+        crop = tuple(cfg.crop_size) if cfg.crop_size else roi
+        entries = entries_from_label_set(self.label_set, cfg.labels)
+        pretrained = parse_bool(first(request.get("pretrained", True)))
+        model, from_published = self._load_model(preset, pretrained)
+
+        datalist = [d for d in datalist if d.get("label")]
+        train_list, val_list = split_datalist(datalist, cfg.val_split, seed=cfg.seed)
+        run_id = request.get("run_id")
+        output_dir = Path(self._model_dir) / str(first(request.get("name")) or "train_01")
+        output_dir.mkdir(parents=True, exist_ok=True)
+        logger.info(f"{len(datalist)} labelled studies: {len(train_list)} train, {len(val_list)} validation; "
+                    f"output {output_dir}")
+        adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, overlap=self.overlap, device=cfg.device,
+                                     seed=cfg.seed)
+        extra = {
+            "label_set": self.label_set.to_json() if hasattr(self.label_set, "to_json") else self.label_set.name,
+            "label_set_name": self.label_set.name,
+            "trained_labels": [e.name for e in entries],
+            "preset": preset,
+            "roi_size": list(roi),
+            "source": "monailabel train task",
+        }
+        return run_training(
+            adapter, train_list, val_list, cfg,
+            modality=self.modality, target_spacing=self.target_spacing, crop_size=crop,
+            publish_path=store.published_path, stats_path=self._stats_path,
+            events_dir=output_dir / f"events_{run_id}", checkpoint_extra=extra,
+            start_from_published=from_published, run_id=run_id, progress=False,
+            ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None,
+        )

@@ -1,0 +1,129 @@
+"""What the training loop needs from a network: a loss on a batch, a segmentation of a volume, a save.
+
+``PromptModelAdapter`` wraps RefSAM3D (text prompts, one sigmoid channel per prompt). The benchmark
+wraps its CNN baseline in the same interface so both are trained and evaluated by the same code.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Sequence
+
+import torch
+
+from .config import TrainConfig
+from .losses import PromptDiceCELoss
+from .prompts import LabelEntry, sample_prompts
+
+
+class SegmentationAdapter:
+    """Interface used by :func:`lib.training.engine.run_training` and :func:`lib.evaluation.evaluate`."""
+
+    model: torch.nn.Module
+    entries: list[LabelEntry]
+    device: torch.device
+
+    def parameters_to_optimise(self) -> list[torch.nn.Parameter]:
+        raise NotImplementedError
+
+    def make_optimizer(self, cfg: TrainConfig) -> torch.optim.Optimizer:
+        """AdamW (the paper's optimiser) on the trainable parameters; a baseline may use its own."""
+        return torch.optim.AdamW(self.parameters_to_optimise(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+    def training_loss(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """``image [B,1,*crop]``, ``label [B,1,*crop]`` (label-set indices) -> (loss, info)."""
+        raise NotImplementedError
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """``[1,1,*spatial]`` full volume -> ``[K,*spatial]`` bool masks in ``entries`` order (one label map)."""
+        raise NotImplementedError
+
+    def save(self, path, extra: dict | None = None) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {}
+
+    def to(self, device) -> "SegmentationAdapter":
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+
+def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    if name is None or str(name).lower() in ("auto", ""):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = str(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+class PromptModelAdapter(SegmentationAdapter):
+    """RefSAM3D: each step samples K prompts (present + absent labels), loss Dice+BCE per prompt channel."""
+
+    def __init__(self, model: torch.nn.Module, entries: Sequence[LabelEntry], cfg: TrainConfig,
+                 roi_size: Sequence[int], overlap: float = 0.25, device: str | torch.device = "auto",
+                 threshold: float = 0.5, seed: int = 0):
+        self.model = model
+        self.entries = list(entries)
+        if not self.entries:
+            raise ValueError("no labels to train")
+        self.cfg = cfg
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.overlap = float(overlap)
+        self.threshold = float(threshold)
+        self.loss_fn = PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
+        self.rng = random.Random(seed)
+        self.to(resolve_device(device))
+
+    def parameters_to_optimise(self) -> list[torch.nn.Parameter]:
+        if hasattr(self.model, "trainable_parameters"):
+            params = list(self.model.trainable_parameters())
+        else:
+            params = list(self.model.parameters())
+        return [p for p in params if p.requires_grad]
+
+    def training_loss(self, image, label):
+        prompts, target, names = sample_prompts(
+            label, self.entries, max_prompts=self.cfg.max_prompts, min_absent=self.cfg.min_absent,
+            negative_prompts=self.cfg.negative_prompts, negative_prompts_per_step=self.cfg.negative_prompts_per_step,
+            rng=self.rng,
+        )
+        logits = self.model(image, prompts)
+        loss = self.loss_fn(logits, target.to(logits.device))
+        return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum())}
+
+    def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        from lib.inference import sliding_window_segment
+
+        probs = sliding_window_segment(self.model, image, list(prompts), self.roi_size, overlap=self.overlap,
+                                       sw_batch_size=1, device=self.device)
+        return probs[0].float()
+
+    def segment(self, image):
+        from lib.evaluation import probs_to_masks
+
+        return probs_to_masks(self.predict_probs(image, [e.prompt for e in self.entries]), self.threshold,
+                              exclusive=True)
+
+    def segment_each(self, image):
+        """Every prompt thresholded on its own (no competition between prompts): for routing checks."""
+        return self.predict_probs(image, [e.prompt for e in self.entries]) >= self.threshold
+
+    def save(self, path, extra=None):
+        from lib.model import save_checkpoint
+
+        save_checkpoint(self.model, str(path), extra=extra)
+
+    def describe(self) -> dict:
+        d: dict[str, Any] = {"model": "RefSAM3D", "roi_size": list(self.roi_size)}
+        config = getattr(self.model, "config", None)
+        if isinstance(config, dict):
+            d["preset"] = config.get("preset")
+        total = sum(p.numel() for p in self.model.parameters())
+        trainable = sum(p.numel() for p in self.parameters_to_optimise())
+        d["parameters"] = {"total": int(total), "trainable": int(trainable)}
+        return d

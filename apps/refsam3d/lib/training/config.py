@@ -1,0 +1,176 @@
+"""Training options shared by the MONAI Label train task, the command line and the benchmark.
+
+Every option has a plain-Python type so it can come from a REST request (viewers send strings,
+numbers, booleans or lists), from ``--conf`` strings or from argparse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
+
+
+def parse_size(value: Any, dims: int = 3) -> tuple[int, ...] | None:
+    """``"48"``, ``"48,64,48"``, ``48``, ``[48, 64, 48]`` -> a tuple of ``dims`` ints (None/""/"auto" -> None)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("", "auto", "none", "default"):
+            return None
+        parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
+        sizes = [int(float(p)) for p in parts]
+    elif isinstance(value, (int, float)):
+        sizes = [int(value)]
+    else:
+        sizes = [int(v) for v in value]
+    if len(sizes) == 1:
+        sizes = sizes * dims
+    if len(sizes) != dims or any(s <= 0 for s in sizes):
+        raise ValueError(f"expected {dims} positive sizes, got {value!r}")
+    return tuple(sizes)
+
+
+def parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "y", "on"):
+        return True
+    if text in ("0", "false", "no", "n", "off", "none", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def parse_labels(value: Any) -> list[str] | None:
+    """``"all"``/None -> None (every label of the set); ``"a,b"`` or ``["a", "b"]`` -> names."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("", "all", "*"):
+            return None
+        return [v.strip() for v in text.split(",") if v.strip()]
+    names = [str(v).strip() for v in value if str(v).strip()]
+    if not names or any(n.lower() in ("all", "*") for n in names):
+        return None
+    return names
+
+
+def first(value: Any) -> Any:
+    """Viewers send the whole option list when a list-valued option was not changed: take its first item."""
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    return value
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (units in the names; 0 means "no limit" for budgets)."""
+
+    max_epochs: int = 50
+    max_minutes: float = 0.0  # wall-clock budget for the whole run incl. validation; 0 = none
+    max_iterations: int = 0  # 0 = none
+    crop_size: tuple[int, ...] | None = None  # None -> label set's roi_size for the preset
+    batch_size: int = 2  # volumes per iteration ...
+    num_samples: int = 1  # ... times crops per volume (RandCropByPosNegLabeld) = crops per step
+    pos_neg_ratio: float = 1.0  # foreground:background crop centres (paper: 1:1)
+    learning_rate: float = 1e-4  # paper: 1e-4 (fine-tuning); from random init use ~1e-3, see docs/training.md
+    weight_decay: float = 1e-5
+    warmup_fraction: float = 0.03  # linear warm-up over this fraction of the run, then linear decay to 0
+    min_lr_fraction: float = 0.0
+    grad_clip: float = 1.0  # max grad norm; 0 = off
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    max_prompts: int = 0  # prompts per step; 0 = every label of the set (present + absent)
+    min_absent: int = 1  # at least this many absent labels per step when the set has any
+    negative_prompts: list[str] = field(default_factory=list)  # extra prompts never present (empty targets)
+    negative_prompts_per_step: int = 0
+    labels: list[str] | None = None  # subset of label names to train (None = all)
+    augment: bool = True
+    flip_axes: tuple[int, ...] = (0,)  # RAS axis 0 = left-right (anatomically symmetric); 1/2 swap A-P / S-I
+    val_split: float = 0.2
+    val_interval: int = 1  # epochs between validations
+    val_overlap: float = 0.25
+    val_max_cases: int = 0  # 0 = all validation cases
+    seed: int = 0
+    amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
+    amp_cpu: bool = False  # bf16 autocast on the CPU (fast on CPUs with AMX / AVX512-BF16)
+    device: str = "auto"
+    threads: int = 0  # torch.set_num_threads; 0 = leave as is
+    num_workers: int = 0  # 0 = augment in a background thread (ThreadDataLoader)
+    cache_rate: float = 1.0
+    log_interval_s: float = 10.0
+    publish: str = "best"  # best (on validation improvement) | last (every epoch)
+    validate_start: bool = True  # when fine-tuning a published model: its validation Dice is the bar to beat
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
+        """Build from a request/--conf mapping; unknown keys are ignored, list-valued viewer options use item 0."""
+        cfg = dataclasses.replace(base) if base is not None else cls()
+        aliases = {"lr": "learning_rate", "epochs": "max_epochs", "minutes": "max_minutes",
+                   "train_batch_size": "batch_size", "roi_size": "crop_size"}
+        for key, raw in values.items():
+            name = aliases.get(key, key)
+            if name not in {f.name for f in fields(cls)}:
+                continue
+            value = raw if name in ("labels", "negative_prompts", "crop_size", "flip_axes") else first(raw)
+            if value is None:
+                continue
+            setattr(cfg, name, _coerce(cls, name, value))
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.num_samples < 1:
+            raise ValueError("batch_size and num_samples must be >= 1")
+        if not 0.0 <= self.val_split < 1.0:
+            raise ValueError("val_split must be in [0, 1)")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be > 0")
+        if self.publish not in ("best", "last"):
+            raise ValueError("publish must be 'best' or 'last'")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                d[k] = list(v)
+        return d
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _coerce(cls, name: str, value: Any) -> Any:
+    ftype = {f.name: f.type for f in fields(cls)}[name]
+    if name == "crop_size":
+        return parse_size(value)
+    if name == "labels":
+        return parse_labels(value)
+    if name == "negative_prompts":
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return [str(v) for v in value]
+    if name == "flip_axes":
+        if isinstance(value, str):
+            text = value.strip().lower()
+            return tuple() if text in ("", "none") else tuple(int(v) for v in text.split(",") if v.strip())
+        if isinstance(value, (int, float)):
+            return (int(value),)
+        return tuple(int(v) for v in value)
+    if ftype in ("bool", bool):
+        return parse_bool(value)
+    if ftype in ("int", int):
+        return int(float(value))
+    if ftype in ("float", float):
+        return float(value)
+    return str(value)
+
+
+def sizes_str(size: Sequence[int] | None) -> str:
+    return "auto" if size is None else ",".join(str(int(s)) for s in size)

@@ -1,0 +1,131 @@
+"""Label map -> (text prompts, binary targets) sampling.
+
+A multi-label map (one integer per voxel, indices of a label set) becomes, for one training step,
+K text prompts and a ``[B, K, *spatial]`` binary target: one channel per prompt, the voxels of that
+structure, or all zeros when the structure is absent from the crop ("it is not here").
+The same prompts are used for every crop in the batch (the model takes one prompt list per forward).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+
+@dataclass(frozen=True)
+class LabelEntry:
+    name: str
+    index: int
+    prompt: str
+
+
+def entries_from_label_set(label_set, names: Sequence[str] | None = None) -> list[LabelEntry]:
+    """Label entries (name, map index, prompt) of a ``lib.labelsets.LabelSet``; ``names`` selects a subset."""
+    labels = {n: int(i) for n, i in dict(label_set.labels).items() if n.lower() != "background" and int(i) != 0}
+    prompts = dict(getattr(label_set, "prompts", {}) or {})
+    entries = [LabelEntry(n, i, prompts.get(n) or n) for n, i in sorted(labels.items(), key=lambda kv: kv[1])]
+    return select_entries(entries, names)
+
+
+def entries_from_dict(labels: dict, prompts: dict | None = None) -> list[LabelEntry]:
+    prompts = prompts or {}
+    return [LabelEntry(n, int(i), prompts.get(n) or n)
+            for n, i in sorted(labels.items(), key=lambda kv: int(kv[1])) if int(i) != 0]
+
+
+def select_entries(entries: Sequence[LabelEntry], names: Sequence[str] | None) -> list[LabelEntry]:
+    if not names:
+        return list(entries)
+    by_name = {e.name.lower(): e for e in entries}
+    by_prompt = {e.prompt.lower(): e for e in entries}
+    chosen = []
+    for n in names:
+        key = str(n).strip().lower()
+        e = by_name.get(key) or by_prompt.get(key)
+        if e is None:
+            raise ValueError(f"label {n!r} is not in the label set (labels: {', '.join(x.name for x in entries)})")
+        if e not in chosen:
+            chosen.append(e)
+    return chosen
+
+
+def present_indices(label: torch.Tensor) -> set[int]:
+    """Label indices (>0) present anywhere in a label tensor."""
+    values = torch.unique(label.detach().to("cpu").long())
+    return {int(v) for v in values.tolist() if int(v) > 0}
+
+
+def sample_prompts(
+    label: torch.Tensor,
+    entries: Sequence[LabelEntry],
+    max_prompts: int = 0,
+    min_absent: int = 1,
+    negative_prompts: Sequence[str] = (),
+    negative_prompts_per_step: int = 0,
+    rng: random.Random | None = None,
+    shuffle: bool = True,
+) -> tuple[list[str], torch.Tensor, list[str]]:
+    """Choose the prompts of one step and build their binary targets.
+
+    Args:
+        label: ``[B, 1, *spatial]`` (or ``[B, *spatial]``) integer label map of the crops.
+        entries: the label set's entries to train.
+        max_prompts: prompts per step (0 = all entries). When smaller than the set, labels present
+            in the batch are favoured but at least ``min_absent`` absent labels are kept, so every
+            step teaches both "segment this" and "it is not here".
+        negative_prompts: extra prompts for structures that never occur in this data (targets all zero).
+        negative_prompts_per_step: how many of those to add to each step.
+
+    Returns:
+        ``(prompts, target [B, K, *spatial] float32, names)``; ``names[k]`` is the label name of
+        prompt k (the prompt itself for a negative prompt).
+    """
+    rng = rng or random
+    if label.dim() == 5:
+        if label.shape[1] != 1:
+            raise ValueError(f"expected a one-channel label map [B,1,D,H,W], got {tuple(label.shape)}")
+        label_map = label[:, 0]
+    elif label.dim() == 4:
+        label_map = label
+    else:
+        raise ValueError(f"expected a label map [B,1,D,H,W] or [B,D,H,W], got {tuple(label.shape)}")
+    present_set = present_indices(label_map)
+    present = [e for e in entries if e.index in present_set]
+    absent = [e for e in entries if e.index not in present_set]
+
+    if max_prompts and max_prompts < len(entries):
+        n_absent = min(len(absent), max(min_absent, max_prompts - len(present)))
+        n_absent = min(n_absent, max_prompts)
+        n_present = min(len(present), max_prompts - n_absent)
+        chosen = rng.sample(present, n_present) + rng.sample(absent, n_absent)
+    else:
+        chosen = list(entries)
+    if shuffle:
+        rng.shuffle(chosen)
+
+    label_long = label_map.long()
+    targets = [(label_long == e.index) for e in chosen]
+    prompts = [e.prompt for e in chosen]
+    names = [e.name for e in chosen]
+
+    if negative_prompts and negative_prompts_per_step > 0:
+        own = {e.prompt.lower() for e in entries} | {e.name.lower() for e in entries}
+        pool = [p for p in negative_prompts if p.lower() not in own]
+        for p in rng.sample(pool, min(len(pool), negative_prompts_per_step)):
+            prompts.append(p)
+            names.append(p)
+            targets.append(torch.zeros_like(label_long, dtype=torch.bool))
+
+    target = torch.stack(targets, dim=1).float() if targets else label_long.new_zeros((label_long.shape[0], 0,
+                                                                                      *label_long.shape[1:])).float()
+    return prompts, target, names
+
+
+def label_map_to_binary(label: torch.Tensor, entries: Iterable[LabelEntry]) -> torch.Tensor:
+    """``[1, *spatial]`` or ``[*spatial]`` label map -> ``[K, *spatial]`` bool masks in ``entries`` order."""
+    lab = label[0] if label.dim() == 4 else label
+    lab = lab.long()
+    return torch.stack([lab == e.index for e in entries], dim=0)

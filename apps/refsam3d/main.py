@@ -1,0 +1,205 @@
+"""RefSAM3D Label: MONAI Label app serving text-prompted 3D segmentation (RefSAM3D) to OHIF, 3D Slicer and REST clients.
+
+    monailabel start_server --app apps/refsam3d --studies <folder or DICOMweb URL> [--conf key value ...]
+
+The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` reads the ``--conf``
+keys and builds the tasks; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them
+into ``MONAILabelApp`` and checks each inference request before MONAI Label runs it, so that client
+mistakes get a 4xx with a readable message (see docs/app.md).
+"""
+
+import logging
+import os
+import re
+import tempfile
+import threading
+from typing import Dict
+
+import lib.configs
+from fastapi import HTTPException
+from lib.configs.refsam3d import ConfError, default_model_dir
+from lib.infers.dicom_seg import install_dicom_seg_fallback
+from lib.infers.errors import install_http_error_handlers
+from lib.infers.refsam3d import ModelUnavailableError
+from lib.transforms import BadInputError
+
+import monailabel
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.config import TaskConfig
+from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.scoring import ScoringMethod
+from monailabel.interfaces.tasks.strategy import Strategy
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.activelearning.first import First
+from monailabel.tasks.activelearning.random import Random
+from monailabel.utils.others.generic import strtobool
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_NAME = re.compile(r"^tmp[A-Za-z0-9_]{6,}\.[A-Za-z0-9.]+$")
+
+
+class RefSAM3DApp(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        conf = dict(conf or {})
+        self.model_dir = os.path.realpath(conf.get("model_dir") or default_model_dir(app_dir))
+        os.makedirs(self.model_dir, exist_ok=True)
+
+        config = lib.configs.RefSAM3DConfig()
+        try:
+            config.init("refsam3d", self.model_dir, conf, None)
+        except ConfError as e:
+            print(f"\n--------------------------------------------------------------------------\nRefSAM3D: {e}\n"
+                  "--------------------------------------------------------------------------\n")
+            raise SystemExit(2) from None
+        self.models: Dict[str, TaskConfig] = {"refsam3d": config}
+
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name=f"RefSAM3D Label ({config.preset}, {config.label_set.name})",
+            description="Text-prompted 3D segmentation (RefSAM3D: SAM ViT-B with 3D adapters and text prompts)",
+            version=monailabel.__version__,
+        )
+        install_http_error_handlers()
+        if isinstance(self.datastore(), DICOMWebDatastore):
+            install_dicom_seg_fallback(app_dir)
+
+    def _download_dcmqi_tools(self):
+        """MONAI Label downloads dcmqi (DICOM-SEG writer) when a DICOMweb datastore is created; offline that fails.
+
+        Never abort the start for it: say so, and write DICOM-SEG with pydicom-seg instead (lib/infers/dicom_seg.py)."""
+        try:
+            super()._download_dcmqi_tools()
+        except Exception as e:
+            msg = (f"dcmqi's itkimage2segimage could not be downloaded ({type(e).__name__}: {str(e)[:200]}); "
+                   "DICOM-SEG is written with pydicom-seg instead")
+            logger.warning(f"RefSAM3D: {msg}")
+            self.models["refsam3d"].extra_warnings.append(msg)
+
+    # ------------------------------------------------------------------ tasks
+    def init_infers(self) -> Dict[str, InferTask]:
+        infers: Dict[str, InferTask] = {}
+        for name, task_config in self.models.items():
+            task = task_config.infer()
+            infers.update(task if isinstance(task, dict) else {name: task})
+        return infers
+
+    def init_trainers(self) -> Dict[str, TrainTask]:
+        if strtobool(self.conf.get("skip_trainers", "false")):
+            return {}
+        trainers: Dict[str, TrainTask] = {}
+        for name, task_config in self.models.items():
+            t = task_config.trainer()
+            if t:
+                trainers[name] = t
+        return trainers
+
+    def init_strategies(self) -> Dict[str, Strategy]:
+        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        if strtobool(self.conf.get("skip_strategies", "false")):
+            return strategies
+        for task_config in self.models.values():
+            strategies.update(task_config.strategy() or {})
+        return strategies
+
+    def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
+        if strtobool(self.conf.get("skip_scoring", "true")):
+            return {}
+        methods: Dict[str, ScoringMethod] = {}
+        for task_config in self.models.values():
+            methods.update(task_config.scoring_method() or {})
+        return methods
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        config = self.models["refsam3d"]
+        if config.preload:  # build the network now, in the background, so the first request does not wait for it
+
+            def preload():
+                try:
+                    config.store.get()
+                except Exception as e:  # reported in /info and answered with 503 on inference
+                    logger.error(f"RefSAM3D: the network could not be built: {e}")
+
+            threading.Thread(target=preload, name="refsam3d-preload", daemon=True).start()
+
+    # ------------------------------------------------------------------ inference with readable client errors
+    def infer(self, request, datastore=None):
+        try:
+            request = self._check_request(request, datastore)
+            return super().infer(request, datastore)
+        except BadInputError as e:
+            raise HTTPException(status_code=e.status_code, detail=e.message) from None
+        except ModelUnavailableError as e:
+            raise HTTPException(status_code=503, detail=str(e)) from None
+        except MONAILabelException as e:
+            if e.error in (MONAILabelError.INVALID_INPUT, MONAILabelError.APP_ERROR):
+                raise HTTPException(status_code=400, detail=e.msg) from None
+            raise
+
+    def _allowed_roots(self):
+        roots = []
+        if not str(self.studies).startswith(("http://", "https://")):
+            roots.append(os.path.realpath(self.studies))
+        try:
+            roots.append(os.path.realpath(self.datastore()._datastore.image_path()))  # DICOMweb cache, local images
+        except Exception:
+            pass
+        sessions = self.sessions()
+        if sessions is not None and getattr(sessions, "store_path", None):
+            roots.append(os.path.realpath(sessions.store_path))
+        return roots
+
+    def _check_request(self, request, datastore=None):
+        request = dict(request)
+        model = request.get("model")
+        if not model:
+            raise BadInputError("no model given: use POST /infer/refsam3d", 400)
+        if model not in self._infers:
+            raise BadInputError(f"unknown model '{model}': available models are {', '.join(sorted(self._infers))}", 404)
+
+        image = request.get("image")
+        if image is None or (isinstance(image, str) and not image.strip()):
+            raise BadInputError("no image: give an image id of the datastore (?image=...) or upload a file", 400)
+        if not isinstance(image, str):
+            return request  # programmatic use with an in-memory image
+        datastore = datastore if datastore else self.datastore()
+
+        if os.path.exists(image):
+            real = os.path.realpath(image)
+            is_upload = os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and UPLOAD_NAME.match(
+                os.path.basename(real)
+            )
+            inside = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self._allowed_roots())
+            if not (is_upload or inside):
+                raise BadInputError(
+                    f"image path '{image}' is outside the studies folder: give an image id of the datastore "
+                    "or upload the file", 403,
+                )
+            return request
+
+        if isinstance(datastore, LocalDatastore) and not str(self.studies).startswith(("http://", "https://")):
+            if datastore.get_image_uri(image):
+                return request
+            # a DICOM series folder inside the studies folder, e.g. image=ct_dicom
+            candidate = os.path.realpath(os.path.join(self.studies, image))
+            root = os.path.realpath(self.studies)
+            if candidate.startswith(root + os.sep) and os.path.isdir(candidate) and any(os.scandir(candidate)):
+                request["image"] = candidate
+                return request
+            ids = datastore.list_images()
+            shown = ", ".join(sorted(ids)[:10]) + (" ..." if len(ids) > 10 else "")
+            raise BadInputError(f"image '{image}' is not in the datastore ({len(ids)} images: {shown})", 404)
+
+        try:  # DICOMweb and other remote datastores: fetch now to report a missing series clearly
+            uri = datastore.get_image_uri(image)
+        except Exception as e:
+            raise BadInputError(f"image '{image}' could not be fetched from the datastore: {str(e)[:300]}", 404) from None
+        if not uri or not os.path.exists(uri):
+            raise BadInputError(f"image '{image}' is not in the datastore", 404)
+        return request

@@ -1,0 +1,351 @@
+#!/usr/bin/env python
+"""MSD hippocampus benchmark: RefSAM3D ``small`` (random init, two text prompts) vs a MONAI CNN baseline.
+
+Both models get the same cases, the same pre-processing and augmentations, the same training loop
+(``lib.training.run_training``) and the same wall-clock budget (``--minutes`` each, validation
+included) on this machine, and are evaluated by the same code (``lib.evaluation``) on a held-out
+test split the training never sees (model selection uses a separate validation split):
+
+* RefSAM3D small: AdamW, Dice + BCE per prompt, prompts "anterior hippocampus" / "posterior hippocampus";
+* baseline: MONAI ``DynUNet`` configured like nnU-Net's 3d_fullres plan for this task (patch 40x56x40,
+  3x3x3 kernels, 3 poolings, 32-256 filters, instance norm, leaky ReLU, SGD momentum 0.99 Nesterov,
+  lr 1e-2, Dice + CE with softmax).  No deep supervision (same loop as RefSAM3D).
+
+It also checks that the text routes: with the two prompts swapped, Dice against the other label.
+
+    .venv/bin/python benchmarks/bench_hippocampus.py --minutes 60        # the documented run (~2 h 10 min)
+    .venv/bin/python benchmarks/bench_hippocampus.py --minutes 2         # smoke run
+
+Writes ``benchmarks/results/hippocampus.{md,json,png}`` (+ the split, per-model evaluations) and the
+checkpoints into ``model/benchmarks/`` (the RefSAM3D one is servable as ``model/refsam3d_small.pt``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
+
+DEFAULT_DATA = (REPO.parent / "shared" / "data" / "msd-hippocampus")
+
+logger = logging.getLogger("bench")
+
+# RefSAM3D recipe used by the benchmark (see docs/training.md for why these values)
+REFSAM_RECIPE = dict(
+    learning_rate=1e-3,  # from random initialisation; the paper's 1e-4 is for fine-tuning pre-trained SAM
+    weight_decay=1e-5,
+    warmup_fraction=0.03,
+    batch_size=2,
+    num_samples=1,
+    grad_clip=1.0,
+    crop_size=[48, 48, 48],  # = the label set's small roi: the whole hippocampus crop (padded), as inference sees it
+    flip_axes=[0],
+    augment=True,
+    val_interval=1,
+    val_max_cases=0,
+    publish="best",
+)
+
+# nnU-Net 3d_fullres-like baseline (Task04 plan: patch 40x56x40, 3 poolings, batch 9 on a GPU)
+BASELINE_RECIPE = dict(
+    learning_rate=1e-2,
+    weight_decay=3e-5,
+    warmup_fraction=0.0,
+    batch_size=2,
+    num_samples=1,
+    grad_clip=12.0,
+    crop_size=[40, 56, 40],
+    flip_axes=[0],
+    augment=True,
+    val_interval=1,
+    val_max_cases=0,
+    publish="best",
+)
+
+
+# ----------------------------------------------------------------------------------------------- baseline
+def build_dynunet(num_classes: int):
+    from monai.networks.nets import DynUNet
+
+    return DynUNet(
+        spatial_dims=3, in_channels=1, out_channels=num_classes,
+        kernel_size=[[3, 3, 3]] * 4, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
+        upsample_kernel_size=[[2, 2, 2]] * 3, filters=[32, 64, 128, 256],
+        norm_name=("INSTANCE", {"affine": True}), act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
+        deep_supervision=False, res_block=False,
+    )
+
+
+def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.losses import DiceCELoss
+
+    from lib.training import SegmentationAdapter, resolve_device
+
+    class MultiClassAdapter(SegmentationAdapter):
+        """A softmax CNN over background + labels, trained and evaluated through the same engine."""
+
+        def __init__(self):
+            self.entries = list(entries)
+            self.model = build_dynunet(len(self.entries) + 1)
+            self.roi_size = tuple(roi_size)
+            self.overlap = overlap
+            self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+            self.to(resolve_device(device))
+
+        def parameters_to_optimise(self):
+            return list(self.model.parameters())
+
+        def make_optimizer(self, cfg):
+            return torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate, momentum=0.99, nesterov=True,
+                                   weight_decay=cfg.weight_decay)
+
+        def _channels(self, label):
+            out = torch.zeros_like(label)
+            for k, e in enumerate(self.entries, start=1):
+                out[label.round() == e.index] = k
+            return out
+
+        def training_loss(self, image, label):
+            logits = self.model(image)
+            return self.loss_fn(logits.float(), self._channels(label)), {}
+
+        def segment(self, image):
+            with torch.no_grad():
+                logits = sliding_window_inference(image.to(self.device), self.roi_size, 1, self.model,
+                                                  overlap=self.overlap, mode="gaussian")
+            cls = logits[0].argmax(0).cpu()
+            return torch.stack([cls == k for k in range(1, len(self.entries) + 1)], dim=0)
+
+        def save(self, path, extra=None):
+            import os
+            import tempfile
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=str(Path(path).parent), suffix=".tmp")
+            os.close(fd)
+            torch.save({"model": "DynUNet", "state_dict": self.model.state_dict(), "extra": extra or {}}, tmp)
+            os.replace(tmp, path)
+
+        def describe(self):
+            n = sum(p.numel() for p in self.model.parameters())
+            return {"model": "DynUNet (nnU-Net 3d_fullres-like)", "roi_size": list(self.roi_size),
+                    "parameters": {"total": n, "trainable": n}}
+
+    return MultiClassAdapter()
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def make_split(datalist, test_fraction: float, val_fraction: float, seed: int) -> dict:
+    from lib.training import split_datalist
+
+    rest, test = split_datalist(datalist, test_fraction, seed=seed)
+    train, val = split_datalist(rest, val_fraction, seed=seed + 1)
+    return {"train": train, "val": val, "test": test}
+
+
+def _f(v, digits=3, pct=False):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}f}"
+
+
+def table(rows: Sequence[dict], labels: Sequence[str]) -> str:
+    head = ["model", "params (trainable)", "iterations", "train min", "s/it"] + \
+           [f"Dice {l.split()[0]}" for l in labels] + ["mean Dice", "mean NSD", "mean HD95 mm", "swapped-prompt Dice"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        ev = r["evaluation"]
+        cells = [r["name"], f"{r['params_total'] / 1e6:.2f}M ({r['params_trainable'] / 1e6:.2f}M)", str(r["iterations"]),
+                 _f(r["train_minutes"], 1), _f(r["seconds_per_iteration"], 2)]
+        cells += [_f(ev["per_label"][l].get("dice_mean")) for l in labels]
+        cells += [_f(ev["mean"].get("dice")), _f(ev["mean"].get("nsd")), _f(ev["mean"].get("hd95"), 2),
+                  _f(ev.get("routing", {}).get("swapped_dice_mean")) if ev.get("routing") else "n/a"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra):
+    import torch
+
+    from lib.evaluation import evaluate, write_reports
+    from lib.training import TrainConfig, run_training
+
+    cfg = TrainConfig.from_mapping({**recipe, "max_minutes": minutes, "max_epochs": args.max_epochs,
+                                    "threads": args.threads, "device": args.device, "seed": args.seed,
+                                    "log_interval_s": 30.0, "amp_cpu": args.amp_cpu,
+                                    **({"learning_rate": args.lr} if args.lr and name.startswith("RefSAM3D") else {})})
+    logger.info(f"=== {name}: {minutes} min budget, {len(split['train'])} train / {len(split['val'])} val cases; "
+                f"{adapter.describe()}")
+    t0 = time.time()
+    stats = run_training(
+        adapter, split["train"], split["val"], cfg, modality=label_set.modality,
+        target_spacing=label_set.target_spacing, crop_size=cfg.crop_size, publish_path=ckpt_path,
+        stats_path=out_dir / f"{ckpt_path.stem}.train_stats.json", events_dir=ckpt_path.parent / "events" / ckpt_path.stem,
+        checkpoint_extra=extra, progress=not args.no_progress,
+    )
+    train_s = time.time() - t0
+    # evaluate the published (best) weights on the held-out test cases
+    if name.startswith("RefSAM3D"):
+        from lib.model import load_checkpoint
+        from lib.training import PromptModelAdapter
+
+        best = load_checkpoint(str(ckpt_path), text_encoder=adapter.model.text_encoder)
+        evaluator = PromptModelAdapter(best, adapter.entries, cfg, roi_size=adapter.roi_size, device=cfg.device)
+    else:
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        adapter.model.load_state_dict(state["state_dict"])
+        evaluator = adapter
+    evaluator.model.eval()
+    ev = evaluate(evaluator, split["test"], [e.name for e in adapter.entries], [e.index for e in adapter.entries],
+                  label_set.modality, label_set.target_spacing, nsd_tolerance=args.nsd_tolerance,
+                  cross_prompts=name.startswith("RefSAM3D"), progress=not args.no_progress,
+                  description=f"evaluate {name}", info={"model": name, "checkpoint": str(ckpt_path)})
+    write_reports(ev, out_dir, stem=f"hippocampus_{ckpt_path.stem}", title=f"{name} on MSD hippocampus (test split)")
+    desc = adapter.describe()
+    its = int(stats.get("iteration") or 0)
+    return {
+        "name": name, "checkpoint": str(ckpt_path), "recipe": cfg.to_dict(), "iterations": its,
+        "epochs": stats.get("epoch"), "train_minutes": train_s / 60.0,
+        "seconds_per_iteration": (train_s / its) if its else None,
+        "best_val_mean_dice": stats.get("best_metric"), "best_epoch": stats.get("best_metric_epoch"),
+        "val_history": stats.get("history"),
+        "params_total": desc["parameters"]["total"], "params_trainable": desc["parameters"]["trainable"],
+        "evaluation": ev,
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget per model")
+    p.add_argument("--models", default="refsam3d,baseline", help="comma-separated: refsam3d, baseline")
+    p.add_argument("--test-fraction", type=float, default=0.2, help="held-out test split (never trained on)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="of the rest: validation for model selection")
+    p.add_argument("--max-cases", type=int, default=0, help="use only N cases (quick checks)")
+    p.add_argument("--max-epochs", type=int, default=10000)
+    p.add_argument("--lr", type=float, default=None, help="override RefSAM3D's learning rate")
+    p.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU for both models")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="mm")
+    p.add_argument("--text-encoder", default="minilm")
+    p.add_argument("--model-overrides", default="{}",
+                   help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
+    p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--checkpoint-dir", default=str(REPO / "model" / "benchmarks"))
+    p.add_argument("--no-progress", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from lib.evaluation import plot_results
+    from lib.labelsets import load_label_set
+    from lib.training import PromptModelAdapter, TrainConfig, entries_from_label_set, msd_datalist, save_split
+    from lib.training.runner import build_model, checkpoint_extra
+
+    data = Path(args.data)
+    if not (data / "dataset.json").exists():
+        raise SystemExit(f"MSD hippocampus not found at {data} (expected ../shared/data/msd-hippocampus)")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = Path(args.checkpoint_dir)
+    label_set = load_label_set("msd_hippocampus")
+    entries = entries_from_label_set(label_set)
+    labels = [e.name for e in entries]
+
+    datalist = msd_datalist(data)
+    if args.max_cases:
+        datalist = datalist[: args.max_cases]
+    split = make_split(datalist, args.test_fraction, args.val_fraction, args.seed)
+    save_split(out_dir / "hippocampus_split.json", split)
+    logger.info(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test "
+                f"-> {out_dir / 'hippocampus_split.json'}")
+
+    wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    rows = []
+    t_all = time.time()
+    if "refsam3d" in wanted:
+        overrides = json.loads(args.model_overrides or "{}")
+        model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
+        roi = tuple(label_set.roi_size("small"))
+        adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(REFSAM_RECIPE), roi_size=roi,
+                                     device=args.device, seed=args.seed)
+        extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
+                                 split_file=str(out_dir / "hippocampus_split.json"), model_overrides=overrides)
+        rows.append(run_one("RefSAM3D small", adapter, REFSAM_RECIPE, split, label_set, args.minutes, args, out_dir,
+                            ckpt_dir / "refsam3d_small_hippocampus.pt", extra))
+    if "baseline" in wanted:
+        torch.manual_seed(args.seed)
+        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device)
+        rows.append(run_one("DynUNet (nnU-Net-like)", adapter, BASELINE_RECIPE, split, label_set, args.minutes, args,
+                            out_dir, ckpt_dir / "dynunet_hippocampus.pt", {"label_set_name": label_set.name}))
+
+    md = table(rows, labels)
+    ref = next((r for r in rows if r["name"].startswith("RefSAM3D")), None)
+    base = next((r for r in rows if r["name"].startswith("DynUNet")), None)
+    verdict = []
+    if ref:
+        d = ref["evaluation"]["mean"].get("dice") or 0.0
+        verdict.append(f"RefSAM3D mean Dice {d:.3f} {'>=' if d >= 0.90 else '<'} 0.90 target")
+        if base:
+            b = base["evaluation"]["mean"].get("dice") or 0.0
+            verdict.append(f"{'>=' if d >= b else '<'} baseline {b:.3f}")
+        sw = ref["evaluation"].get("routing", {}).get("swapped_dice_mean")
+        if sw is not None:
+            verdict.append(f"swapped-prompt Dice {sw:.3f} {'<' if sw < 0.1 else '>='} 0.1")
+    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
+           "threads": torch.get_num_threads(), "device": args.device, "minutes_per_model": args.minutes,
+           "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+           "total_minutes": round((time.time() - t_all) / 60, 1)}
+    result = {"environment": env, "split": {k: [d["id"] for d in v] for k, v in split.items()},
+              "labels": labels, "models": rows, "verdict": verdict}
+    (out_dir / "hippocampus.json").write_text(json.dumps(result, indent=1, default=str))
+    report = [
+        "# MSD hippocampus: RefSAM3D small vs DynUNet (nnU-Net 3d_fullres-like)", "",
+        f"- command: `{env['command']}`",
+        f"- {env['date']}, {env['cpu']}, {env['threads']} torch threads, device {args.device}, "
+        f"{args.minutes} min training per model (validation included)",
+        f"- split (seed {args.seed}): {len(split['train'])} train, {len(split['val'])} validation (model selection), "
+        f"{len(split['test'])} held-out test cases (`hippocampus_split.json`)",
+        f"- test metrics on whole volumes (sliding window); NSD tolerance {args.nsd_tolerance} mm", "",
+        md, "", "Verdict: " + "; ".join(verdict) if verdict else "", "",
+    ]
+    if ref and ref["evaluation"].get("routing"):
+        r = ref["evaluation"]["routing"]
+        report += ["Routing (RefSAM3D, mean Dice of the mask of prompt row vs ground truth of label column):", "",
+                   "| prompt \\ label | " + " | ".join(r["prompts"]) + " |", "|---|" + "---|" * len(r["prompts"])]
+        for name, row in zip(r["prompts"], r["dice_matrix"]):
+            report.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
+        report.append("")
+    (out_dir / "hippocampus.md").write_text("\n".join(report))
+    if rows:
+        plot_results({r["name"]: r["evaluation"] for r in rows}, out_dir / "hippocampus.png",
+                     title=f"MSD hippocampus test split, {args.minutes} min CPU training per model")
+    print("\n" + md + "\n")
+    for v in verdict:
+        print(v)
+    print(f"\nwrote {out_dir / 'hippocampus.md'}, {out_dir / 'hippocampus.json'}, {out_dir / 'hippocampus.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Evaluate a RefSAM3D checkpoint on an MSD-layout folder: Dice, NSD and HD95 per case and label.
+
+The whole volume is segmented by sliding window after the same pre-processing as the server; metrics
+are MONAI's, written as ``evaluation.json``, ``evaluation.csv`` and ``evaluation.png`` in ``--out``.
+
+    .venv/bin/python scripts/evaluate.py --checkpoint model/refsam3d_small.pt \\
+        --data ../shared/data/msd-hippocampus --split-file benchmarks/results/hippocampus_split.json --part test \\
+        --out results/eval --nsd-tolerance 1.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="MSD-layout folder (dataset.json, imagesTr, labelsTr)")
+    p.add_argument("--split-file", help="JSON {'part': [case ids]}; evaluate the cases of --part")
+    p.add_argument("--part", default="test")
+    p.add_argument("--max-cases", type=int, default=0, help="only the first N cases")
+    p.add_argument("--label-set", default=None, help="default: the one stored in the checkpoint")
+    p.add_argument("--labels", default="all", help="comma-separated label names (default: all of the set)")
+    p.add_argument("--text-encoder", default=None, help="default: the one stored in the checkpoint")
+    p.add_argument("--sam-checkpoint", default=None)
+    p.add_argument("--roi", default=None, help="sliding-window size (default: checkpoint / label set)")
+    p.add_argument("--overlap", type=float, default=0.25)
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD boundary tolerance in mm")
+    p.add_argument("--no-cross-prompts", action="store_true", help="skip the swapped-prompt (routing) Dice")
+    p.add_argument("--out", default="results/evaluation")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lib.evaluation import evaluate, write_reports
+    from lib.labelsets import load_label_set
+    from lib.model import load_checkpoint
+    from lib.training import PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist
+    from lib.training.config import parse_labels, parse_size
+    from lib.training.runner import checkpoint_info, label_set_from_checkpoint, resolve_text_encoder
+
+    info = checkpoint_info(args.checkpoint)
+    label_set = load_label_set(args.label_set) if args.label_set else label_set_from_checkpoint(args.checkpoint)
+    if label_set is None:
+        raise SystemExit("the checkpoint does not name its label set: pass --label-set")
+    preset = info["config"].get("preset", "small")
+    roi = parse_size(args.roi) or parse_size(info["extra"].get("roi_size")) or tuple(label_set.roi_size(preset))
+    text = resolve_text_encoder(args.text_encoder) if args.text_encoder else None
+    model = load_checkpoint(args.checkpoint, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
+    entries = entries_from_label_set(label_set, parse_labels(args.labels))
+    seg = PromptModelAdapter(model, entries, TrainConfig(), roi_size=roi, overlap=args.overlap,
+                             device=args.device, threshold=args.threshold)
+    seg.model.eval()
+
+    datalist = msd_datalist(args.data)
+    if args.split_file:
+        datalist = apply_split(datalist, args.split_file)[args.part]
+    if args.max_cases:
+        datalist = datalist[: args.max_cases]
+    result = evaluate(
+        seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
+        label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
+        progress=not args.no_progress, description="evaluate",
+        info={"checkpoint": str(Path(args.checkpoint).resolve()), "label_set": label_set.name, "preset": preset,
+              "roi_size": list(roi), "overlap": args.overlap, "threshold": args.threshold,
+              "data": str(Path(args.data).resolve()), "split_file": args.split_file, "part": args.part},
+        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
+    )
+    paths = write_reports(result, args.out, title=f"RefSAM3D {preset} on {Path(args.data).name} "
+                                                  f"({result['num_cases']} cases)")
+    summary = {"mean": result["mean"], "per_label": {k: {m: v.get(f"{m}_mean") for m in ("dice", "nsd", "hd95")}
+                                                     for k, v in result["per_label"].items()}}
+    if "routing" in result:
+        summary["swapped_prompt_dice_mean"] = result["routing"]["swapped_dice_mean"]
+    summary["files"] = paths
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

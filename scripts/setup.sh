@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create .venv and install everything RefSAM3D Label needs from requirements.txt (idempotent).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  .venv/bin/pip install --upgrade pip
+  .venv/bin/pip install -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+.venv/bin/python -c "import monailabel, monai, segment_anything, transformers, torch; print('environment ready: monailabel', monailabel.__version__, '| monai', monai.__version__, '| torch', torch.__version__)"

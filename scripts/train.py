@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Train RefSAM3D on an MSD-layout folder into a checkpoint the server serves as is.
+
+Same training code as the server's ``POST /train/refsam3d`` (``lib.training.run_training``).
+
+Example (hippocampus, small preset from random initialisation, 60 minutes on the CPU)::
+
+    .venv/bin/python scripts/train.py --data ../shared/data/msd-hippocampus --label-set msd_hippocampus \\
+        --preset small --text-encoder minilm --output model/refsam3d_small.pt --minutes 60 --lr 2e-3
+
+Serve the result: ``monailabel start_server --app apps/refsam3d --studies ... --conf preset small
+--conf label_set msd_hippocampus --conf text_encoder minilm`` with the file at ``model/refsam3d_small.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--data", required=True, help="MSD-layout folder (dataset.json, imagesTr, labelsTr)")
+    d.add_argument("--label-set", default="msd_hippocampus", help="built-in label set name or JSON file")
+    d.add_argument("--labels", default="all", help="comma-separated label names to train (default: all)")
+    d.add_argument("--split-file", help="JSON {'train': [ids], 'val': [ids], ...}; default: random split by --val-split")
+    d.add_argument("--train-part", default="train", help="part of --split-file to train on")
+    d.add_argument("--val-part", default="val", help="part of --split-file to validate (select the best model) on")
+    d.add_argument("--val-split", type=float, default=0.1, help="fraction held out for validation (no --split-file)")
+    d.add_argument("--max-cases", type=int, default=0, help="use only the first N cases (quick runs)")
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", default="small", choices=["small", "vit_b"])
+    m.add_argument("--text-encoder", default="minilm", help="HF name, local folder, or 'minilm' (offline)")
+    m.add_argument("--sam-checkpoint", default=None, help="sam_vit_b_01ec64.pth (vit_b)")
+    m.add_argument("--init", default="fresh", help="'fresh' or a RefSAM3D checkpoint to fine-tune")
+    m.add_argument("--roi", default=None, help="inference/validation window, e.g. 48 or 48,64,48 (default: label set)")
+    m.add_argument("--output", default=None, help="checkpoint path (default model/refsam3d_<preset>.pt)")
+    m.add_argument("--run-dir", default=None, help="TensorBoard events + train_stats.json (default <output>.run/)")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=int, default=100)
+    t.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget incl. validation (0 = none)")
+    t.add_argument("--iterations", type=int, default=0, help="max iterations (0 = none)")
+    t.add_argument("--crop", default=None, help="training crop (default: the roi)")
+    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--num-samples", type=int, default=1, help="crops per volume per step")
+    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper 1e-4 for fine-tuning)")
+    t.add_argument("--weight-decay", type=float, default=1e-5)
+    t.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction of the run")
+    t.add_argument("--grad-clip", type=float, default=1.0)
+    t.add_argument("--max-prompts", type=int, default=0)
+    t.add_argument("--negative-prompts", default="", help="comma-separated prompts of structures never present")
+    t.add_argument("--negative-prompts-per-step", type=int, default=0)
+    t.add_argument("--flip-axes", default="0", help="mirroring axes (RAS; 0 = left-right), '' for none")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--val-interval", type=int, default=1)
+    t.add_argument("--publish", default="best", choices=["best", "last"])
+    t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    t.add_argument("--config", default=None, help="JSON file of TrainConfig options (overrides the flags)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from lib.labelsets import load_label_set
+    from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
+                              run_training, split_datalist)
+    from lib.training.config import parse_size
+    from lib.training.runner import build_model, checkpoint_extra
+
+    label_set = load_label_set(args.label_set)
+    roi = parse_size(args.roi) or tuple(label_set.roi_size(args.preset))
+    values = {
+        "max_epochs": args.epochs, "max_minutes": args.minutes, "max_iterations": args.iterations,
+        "crop_size": args.crop or list(roi), "batch_size": args.batch_size, "num_samples": args.num_samples,
+        "learning_rate": args.lr, "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
+        "grad_clip": args.grad_clip, "max_prompts": args.max_prompts, "negative_prompts": args.negative_prompts,
+        "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,
+        "augment": not args.no_augment, "val_split": args.val_split, "val_interval": args.val_interval,
+        "publish": args.publish, "amp": args.amp != "off", "device": args.device, "threads": args.threads,
+        "seed": args.seed, "labels": args.labels,
+        "log_interval_s": 60.0 if not args.no_progress else 10.0,
+    }
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    cfg = TrainConfig.from_mapping(values)
+
+    datalist = msd_datalist(args.data)
+    if args.split_file:
+        parts = apply_split(datalist, args.split_file)
+        train_list, val_list = parts[args.train_part], parts.get(args.val_part, [])
+    else:
+        if args.max_cases:
+            datalist = datalist[: args.max_cases]
+        train_list, val_list = split_datalist(datalist, cfg.val_split, seed=cfg.seed)
+    if args.max_cases and args.split_file:
+        train_list = train_list[: args.max_cases]
+
+    output = Path(args.output) if args.output else REPO / "model" / f"refsam3d_{args.preset}.pt"
+    run_dir = Path(args.run_dir) if args.run_dir else output.with_name(output.stem + ".run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    entries = entries_from_label_set(label_set, cfg.labels)
+    model = build_model(args.preset, args.text_encoder, args.sam_checkpoint, init=args.init, seed=cfg.seed)
+    adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, device=cfg.device, seed=cfg.seed)
+    logging.getLogger("train").info(f"model: {adapter.describe()}")
+    extra = checkpoint_extra(label_set, entries, args.preset, roi, "scripts/train.py",
+                             data=str(Path(args.data).resolve()), train_cases=[d["id"] for d in train_list],
+                             val_cases=[d["id"] for d in val_list])
+    started_from = args.init and args.init != "fresh" and Path(args.init).resolve() == output.resolve()
+    stats = run_training(
+        adapter, train_list, val_list, cfg, modality=label_set.modality, target_spacing=label_set.target_spacing,
+        crop_size=cfg.crop_size or roi, publish_path=output, stats_path=run_dir / "train_stats.json",
+        events_dir=run_dir / "events", checkpoint_extra=extra, progress=not args.no_progress,
+        start_from_published=bool(started_from),
+        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
+    )
+    print(json.dumps({"checkpoint": str(output), "best_val_mean_dice": stats.get("best_metric"),
+                      "best_epoch": stats.get("best_metric_epoch"), "iterations": stats.get("iteration"),
+                      "elapsed_s": stats.get("elapsed_s"), "stop_reason": stats.get("stop_reason"),
+                      "stats": str(run_dir / "train_stats.json")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

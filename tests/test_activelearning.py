@@ -1,0 +1,126 @@
+"""Active learning units: uncertainty measures, ranking strategy and Dice scoring on a real LocalDatastore.
+
+(The same strategies and scoring methods over REST, with a trained model, are in test_train_server.py.)
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from lib.activelearning import (
+    LabelDiceScoring,
+    UncertaintyStrategy,
+    build_scoring_methods,
+    build_strategies,
+    flip_disagreement,
+    label_map_dice,
+    mask_entropy,
+    model_version,
+)
+
+
+def test_mask_entropy_and_flip_disagreement():
+    region = torch.ones(2, 2, 2, dtype=torch.bool)
+    assert mask_entropy(torch.full((1, 2, 2, 2), 0.5), region) == pytest.approx(1.0)  # 1 bit: unsure
+    assert mask_entropy(torch.full((1, 2, 2, 2), 0.999), region) < 0.02  # sure
+    assert mask_entropy(torch.zeros(1, 2, 2, 2), torch.zeros(2, 2, 2, dtype=torch.bool)) == 1.0  # nothing found
+    a = torch.zeros(2, 4, 4, 4, dtype=torch.bool)
+    a[0, :2] = True
+    b = a.clone()
+    assert flip_disagreement(a, b) == 0.0  # label 1 empty in both: skipped
+    b[0, 1] = False  # half of label 0 lost: Dice 2*16/(32+16)
+    assert flip_disagreement(a, b) == pytest.approx(1 - 32 / 48)
+
+
+def test_label_map_dice_per_label():
+    y = np.array([0, 1, 1, 2, 2, 0])
+    p = np.array([0, 1, 0, 0, 0, 3])
+    assert label_map_dice(p, y, {"a": 1, "b": 2, "c": 3, "d": 4}) == {"a": pytest.approx(2 / 3), "b": 0.0, "c": 0.0}
+
+
+class FakeStore:
+    """The datastore calls the strategies use."""
+
+    def __init__(self, infos, labelled=()):
+        self.infos = infos
+        self.labelled = set(labelled)
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        return [k for k in self.infos if k not in self.labelled]
+
+    def get_image_info(self, image_id):
+        return self.infos[image_id]
+
+
+def _task_config(tmp_path, published=True):
+    path = tmp_path / "refsam3d_small.pt"
+    if published:
+        path.write_bytes(b"x")
+    return SimpleNamespace(store=SimpleNamespace(published_path=path), conf={}, label_set=None)
+
+
+def test_uncertainty_strategy_ranks_current_scores_then_unscored(tmp_path):
+    tc = _task_config(tmp_path)
+    version = model_version(tc)
+    now = int(time.time())
+    infos = {
+        "a": {"uncertainty": 0.2, "uncertainty_model": version},
+        "b": {"uncertainty": 0.9, "uncertainty_model": version},
+        "c": {"uncertainty": 0.95, "uncertainty_model": "older-weights"},  # stale score ranks after current ones
+        "d": {},
+        "e": {"uncertainty": 0.99, "uncertainty_model": version},  # labelled: never served
+    }
+    store = FakeStore(infos, labelled={"e"})
+    strategy = UncertaintyStrategy(tc)
+    assert strategy({"strategy": "uncertainty"}, store)["id"] == "b"
+    infos["b"]["strategy"] = {"uncertainty": {"ts": now}}  # just served to someone
+    assert strategy({"strategy": "uncertainty"}, store)["id"] == "a"
+    infos["a"]["strategy"] = {"uncertainty": {"ts": now}}
+    assert strategy({"strategy": "uncertainty"}, store)["id"] == "c"
+    infos["c"]["strategy"] = {"uncertainty": {"ts": now}}
+    assert strategy({"strategy": "uncertainty"}, store)["id"] == "d"
+    # no scores at all (nothing trained yet): still answers, in name order
+    assert strategy({"strategy": "uncertainty"}, FakeStore({"y": {}, "x": {}}))["id"] == "x"
+    assert strategy({"strategy": "uncertainty"}, FakeStore({}, labelled=())) is None
+
+
+def test_dice_scoring_on_a_local_datastore(tmp_path, hippocampus_dir):
+    from monailabel.datastore.local import LocalDatastore
+
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    (studies / "labels" / "original").mkdir(parents=True)
+    for case in ("hippocampus_004", "hippocampus_006"):
+        shutil.copy(hippocampus_dir / "imagesTr" / f"{case}.nii.gz", studies / f"{case}.nii.gz")
+        shutil.copy(hippocampus_dir / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final" / f"{case}.nii.gz")
+    img = nib.load(str(hippocampus_dir / "labelsTr" / "hippocampus_004.nii.gz"))
+    arr = np.asanyarray(img.dataobj).astype(np.uint8)
+    arr[arr == 1] = 2  # the model called everything posterior
+    nib.save(nib.Nifti1Image(arr, img.affine), str(studies / "labels" / "original" / "hippocampus_004.nii.gz"))
+    ds = LocalDatastore(str(studies), extensions=("*.nii.gz",), auto_reload=False)
+
+    from lib.labelsets import load_label_set
+
+    label_set = load_label_set("msd_hippocampus")
+    result = LabelDiceScoring(label_set)({}, ds)
+    assert set(result) == {"hippocampus_004"}
+    per_label = ds.get_image_info("hippocampus_004")["dice_per_label"]
+    n1 = int((np.asanyarray(img.dataobj) == 1).sum())
+    n2 = int((np.asanyarray(img.dataobj) == 2).sum())
+    assert per_label["anterior hippocampus"] == 0.0
+    assert per_label["posterior hippocampus"] == pytest.approx(2 * n2 / (n1 + n2 + n2))
+    assert ds.get_image_info("hippocampus_004")["dice"] == pytest.approx(np.mean(list(per_label.values())))
+
+    tc = SimpleNamespace(label_set=label_set, store=SimpleNamespace(published_path=tmp_path / "none.pt"), conf={})
+    assert set(build_strategies(tc)) == {"random", "first", "uncertainty"}
+    assert set(build_scoring_methods(tc)) == {"dice", "uncertainty"}
+    # uncertainty scoring leaves labelled studies alone (all are labelled here: nothing to do, no model needed)
+    summary = build_scoring_methods(tc)["uncertainty"]({}, ds)
+    assert summary["total"] == 0 and summary["executed"] == 0

@@ -1,0 +1,140 @@
+"""DICOMweb: a real Orthanc (Debian packages ``orthanc`` + ``orthanc-dicomweb``) on 127.0.0.1 serves the
+TCIA brain MRI DICOM series; the app runs with
+``--studies http://127.0.0.1:<port>/dicom-web`` and segments the series by its SeriesInstanceUID, as OHIF asks.
+Offline, MONAI Label's dcmqi download fails: the server must still start and write DICOM-SEG with pydicom-seg."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import requests
+from app_fixtures import infer, parse_all, read_volume
+from server_process import MonaiLabelServer, free_port
+
+ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+@pytest.fixture(scope="module")
+def orthanc(tmp_path_factory):
+    if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
+        pytest.skip("Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    root = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {
+        "Name": "RefSAM3DTest", "HttpPort": port, "DicomPort": free_port(), "DicomServerEnabled": False,
+        "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
+        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
+        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    (root / "orthanc.json").write_text(json.dumps(config))
+    log = open(root / "orthanc.log", "w")
+    proc = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            if proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(root / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                if requests.get(f"{url}/system", timeout=2).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def stored_series(orthanc, shared_data):
+    """The TCIA brain MRI series (proper UIDs, uncompressed) stored in Orthanc as is: (SeriesInstanceUID, folder).
+
+    (The TotalSegmentator CT series is JPEG 2000 without UIDs, which Orthanc 1.10 cannot transcode for WADO-RS.)"""
+    import pydicom
+
+    folder = shared_data / "tcia-brain-mri-dicom" / "12-T1post-05670"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is absent")
+    series = None
+    for f in sorted(folder.iterdir()):
+        series = str(pydicom.dcmread(str(f), stop_before_pixels=True).SeriesInstanceUID)
+        r = requests.post(f"{orthanc}/instances", data=f.read_bytes(), timeout=60)
+        assert r.status_code == 200, r.text
+    return series, folder
+
+
+def series_geometry(folder):
+    """(shape, RAS affine) of a DICOM series read by SimpleITK (independent of MONAI)."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    img = reader.Execute()
+    affine = np.eye(4)
+    affine[:3, :3] = np.asarray(img.GetDirection()).reshape(3, 3) @ np.diag(img.GetSpacing())
+    affine[:3, 3] = img.GetOrigin()
+    return tuple(img.GetSize()), np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine  # LPS -> RAS
+
+
+@pytest.fixture(scope="module")
+def dicomweb_server(orthanc, stored_series, tmp_path_factory, tiny_text_encoder, test_label_set_path):
+    root = tmp_path_factory.mktemp("app-dicomweb")
+    conf = {"preset": "small", "label_set": str(test_label_set_path), "text_encoder": str(tiny_text_encoder),
+            "use_pretrained_model": "false", "model_dir": str(root / "model")}
+    env = {"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(root / "cache"),
+           "MONAI_LABEL_DICOMWEB_SEARCH_FILTER": json.dumps({"Modality": "MR"})}
+    with MonaiLabelServer(f"{orthanc}/dicom-web", conf, root / "server.log", env=env) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def test_label_set_path(tmp_path_factory):
+    from app_fixtures import write_label_set
+
+    return write_label_set(tmp_path_factory.mktemp("labelset") / "test_abdomen.json")
+
+
+def test_segments_a_dicomweb_series_by_its_uid(dicomweb_server, stored_series):
+    series, folder = stored_series
+    res = infer(dicomweb_server.url, series, {"text_prompt": "brain", "modality": "MR", "threshold": 0.05,
+                                              "result_extension": ".nii.gz"}, output="all")
+    assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{dicomweb_server.log()[-3000:]}"
+    params, image, name = parse_all(res)
+    assert params["label_names"] == {"brain": 1}
+    arr, affine = read_volume(image, name)
+    shape, ref_affine = series_geometry(folder)
+    assert arr.shape == shape == (512, 512, 22)
+    np.testing.assert_allclose(affine, ref_affine, atol=1e-2)
+    datastore = requests.get(f"{dicomweb_server.url}/datastore/", params={"output": "all"}, timeout=120).json()
+    assert series in datastore["objects"]  # fetched from Orthanc into MONAI Label's DICOMweb cache
+
+    missing = infer(dicomweb_server.url, "1.2.3.4.5.6.7.8.9", {"text_prompt": "liver"})
+    assert 400 <= missing.status_code < 500, missing.text
+    assert requests.get(f"{dicomweb_server.url}/info/", timeout=60).status_code == 200
+
+
+def test_dicom_seg_output_offline(dicomweb_server, stored_series):
+    import pydicom
+
+    series, _ = stored_series
+    info = requests.get(f"{dicomweb_server.url}/info/", timeout=60).json()["models"]["refsam3d"]
+    assert any("itkimage2segimage" in w for w in info["warnings"])  # the failed dcmqi download is reported
+    label_info = [{"name": "liver", "description": "liver", "model_name": "refsam3d"}]
+    res = infer(dicomweb_server.url, series, {"label_prompt": [5], "modality": "MR", "threshold": 0.05,
+                                              "label_info": label_info}, output="dicom_seg")
+    assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{dicomweb_server.log()[-3000:]}"
+    path = Path(dicomweb_server.log_path).parent / "seg.dcm"
+    path.write_bytes(res.content)
+    ds = pydicom.dcmread(str(path))
+    assert ds.Modality == "SEG"
+    assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series

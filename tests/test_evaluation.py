@@ -1,0 +1,119 @@
+"""Evaluation metrics against hand-computed cases, and the report files on real hippocampus volumes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from lib.evaluation import case_metrics, evaluate, probs_to_masks, summarise, write_reports
+
+
+def _cube(shape=(10, 10, 10), lo=(2, 2, 2), size=4):
+    m = torch.zeros(shape, dtype=torch.bool)
+    m[lo[0]:lo[0] + size, lo[1]:lo[1] + size, lo[2]:lo[2] + size] = True
+    return m
+
+
+def test_shifted_cube_dice_nsd_hd95_by_hand():
+    """4^3 cube vs the same cube shifted by one voxel along the last axis.
+
+    Dice = 2*48/(64+64) = 0.75. Each cube has 56 boundary voxels; in both directions 36 boundary
+    voxels lie on the other boundary (distance 0) and 20 at distance 1, so HD95 = 1, NSD(tol 1) = 1
+    and NSD(tol 0.5) = (36+36)/(56+56) = 0.642857.
+    """
+    gt = _cube()[None]
+    pred = _cube(lo=(2, 2, 3))[None]
+    m = case_metrics(pred, gt, spacing=(1, 1, 1), nsd_tolerance=1.0)
+    assert m["dice"][0] == pytest.approx(0.75)
+    assert m["hd95"][0] == pytest.approx(1.0)
+    assert m["nsd"][0] == pytest.approx(1.0)
+    m = case_metrics(pred, gt, nsd_tolerance=0.5)
+    assert m["nsd"][0] == pytest.approx(72 / 112)
+
+
+def test_spacing_scales_distances():
+    """Shift along axis 0 whose voxels are 2 mm long: the 16 voxels of the far face are 2 mm from the
+    other boundary; 4 face voxels now find the other boundary 1 mm away sideways (was 1 along axis 0
+    too), so within 1 mm: 36 + 4 per direction -> NSD = 80/112, HD95 = 2 mm."""
+    gt = _cube()[None]
+    pred = _cube(lo=(3, 2, 2))[None]
+    m = case_metrics(pred, gt, spacing=(2.0, 1.0, 1.0), nsd_tolerance=1.0)
+    assert m["hd95"][0] == pytest.approx(2.0)
+    assert m["nsd"][0] == pytest.approx(80 / 112)
+    assert case_metrics(pred, gt, spacing=(2.0, 1.0, 1.0), nsd_tolerance=2.0)["nsd"][0] == pytest.approx(1.0)
+
+
+def test_empty_structures_conventions():
+    gt = torch.zeros(3, 8, 8, 8, dtype=torch.bool)
+    pred = gt.clone()
+    gt[0, 2:4, 2:4, 2:4] = True  # label 0: missed entirely
+    pred[1, 1:3, 1:3, 1:3] = True  # label 1: predicted but absent
+    # label 2: absent in both -> a correct "not here"
+    m = case_metrics(pred, gt)
+    assert m["dice"] == [0.0, 0.0, 1.0]
+    assert m["nsd"] == [0.0, 0.0, 1.0]
+    assert math.isnan(m["hd95"][0]) and math.isnan(m["hd95"][1]) and m["hd95"][2] == 0.0
+    s = summarise([{"labels": {"a": {"dice": 0.5, "nsd": 1.0, "hd95": float("nan")}}},
+                   {"labels": {"a": {"dice": 1.0, "nsd": 0.5, "hd95": 3.0}}}], ["a"])
+    assert s["per_label"]["a"]["dice_mean"] == 0.75 and s["per_label"]["a"]["hd95_mean"] == 3.0
+    assert s["per_label"]["a"]["hd95_undefined"] == 1 and s["mean"]["nsd"] == 0.75
+
+
+def test_probs_to_masks_gives_one_label_per_voxel():
+    probs = torch.tensor([[0.9, 0.6, 0.2, 0.5], [0.8, 0.7, 0.3, 0.1]]).view(2, 1, 1, 4)
+    m = probs_to_masks(probs)
+    assert m[:, 0, 0].tolist() == [[True, False, False, True], [False, True, False, False]]
+    assert probs_to_masks(probs, exclusive=False)[:, 0, 0].tolist() == [[True, True, False, True],
+                                                                        [True, True, False, False]]
+
+
+class _Oracle:
+    """Returns the ground truth of the cases in order (and the swapped labels per prompt)."""
+
+    def __init__(self, datalist, entries):
+        from lib.training import val_transforms
+        from lib.training.prompts import label_map_to_binary
+
+        xf = val_transforms("MR", (1.0, 1.0, 1.0))
+        self.gts = [label_map_to_binary(torch.as_tensor(xf(dict(d))["label"]), entries) for d in datalist]
+        self.i = self.j = 0
+
+    def segment(self, image):
+        gt = self.gts[self.i]
+        self.i += 1
+        assert tuple(image.shape[2:]) == tuple(gt.shape[1:])  # the whole volume, not a crop
+        return gt
+
+    def segment_each(self, image):
+        gt = self.gts[self.j]
+        self.j += 1
+        return gt.flip(0)  # prompt "anterior" answers with the posterior structure and vice versa
+
+
+def test_evaluate_writes_json_csv_png(hippocampus_dir, tmp_path):
+    from lib.training import LabelEntry, msd_datalist
+
+    datalist = msd_datalist(hippocampus_dir)[:2]
+    entries = [LabelEntry("anterior hippocampus", 1, "a"), LabelEntry("posterior hippocampus", 2, "p")]
+    result = evaluate(_Oracle(datalist, entries), datalist, [e.name for e in entries], [1, 2], "MR",
+                      (1.0, 1.0, 1.0), nsd_tolerance=1.0, cross_prompts=True, info={"what": "oracle"})
+    assert result["num_cases"] == 2 and result["info"] == {"what": "oracle"}
+    for name in ("anterior hippocampus", "posterior hippocampus"):
+        assert result["per_label"][name]["dice_mean"] == pytest.approx(1.0)
+        assert result["per_label"][name]["nsd_mean"] == pytest.approx(1.0)
+        assert result["per_label"][name]["hd95_mean"] == pytest.approx(0.0)
+    routing = result["routing"]
+    assert routing["dice_matrix"][0][0] == 0.0 and routing["dice_matrix"][0][1] == pytest.approx(1.0)
+    assert routing["swapped_dice_mean"] == pytest.approx(1.0)
+
+    paths = write_reports(result, tmp_path / "out", stem="eval")
+    data = json.loads(open(paths["json"]).read())
+    assert data["mean"]["dice"] == pytest.approx(1.0) and len(data["cases"]) == 2
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert len(rows) == 2 * 2 + 2  # per case and label + one mean row per label
+    assert {r["case"] for r in rows} == {datalist[0]["id"], datalist[1]["id"], "MEAN"}
+    assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,138 @@
+"""SAM checkpoint mapping/validation and save/load of our own RefSAM3D checkpoints."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from model_fixtures import quiet_build, shared_tiny_text, vit_b_sam  # noqa: F401 (fixtures)
+
+
+@pytest.fixture(scope="module")
+def sam_sd(sam_vit_b_checkpoint):
+    return torch.load(sam_vit_b_checkpoint, map_location="cpu", weights_only=True)
+
+
+# ----------------------------------------------------------------------------- official SAM checkpoint
+def test_every_reused_sam_tensor_equals_the_checkpoint(vit_b_sam, sam_sd):
+    own = vit_b_sam.state_dict()
+    reused = 0
+    for key, value in sam_sd.items():
+        if key == "image_encoder.patch_embed.proj.weight":
+            torch.testing.assert_close(own[key], value.sum(1, keepdim=True)[:, :, None], rtol=0, atol=0)  # RGB folded
+        elif key == "mask_decoder.mask_tokens.weight":
+            assert torch.equal(own[key], value[:1])
+        elif key.startswith("image_encoder.blocks.") or key in ("image_encoder.pos_embed", "image_encoder.patch_embed.proj.bias") \
+                or key.startswith("mask_decoder.transformer."):
+            assert torch.equal(own[key], value), key
+        else:
+            continue
+        reused += 1
+    assert reused == 1 + 1 + 1 + 12 * 14 + 1 + len([k for k in sam_sd if k.startswith("mask_decoder.transformer.")])
+    assert vit_b_sam.sam_initialised
+
+
+def test_sam_mapping_exact_key_sets(vit_b_sam, sam_vit_b_checkpoint, sam_sd, shared_tiny_text):
+    from lib.model import load_sam_checkpoint
+
+    report = load_sam_checkpoint(vit_b_sam, sam_vit_b_checkpoint)  # same weights again: idempotent
+    unused = {k for k in sam_sd if k.startswith(("prompt_encoder.", "image_encoder.neck.")) or
+              re.match(r"mask_decoder\.(iou_token|iou_prediction_head|output_upscaling|output_hypernetworks_mlps)", k)}
+    assert report.unused == unused and len(unused) > 20
+    assert set(report.reused) == set(sam_sd) - unused
+    own = {k for k in vit_b_sam.state_dict() if not k.startswith("text_encoder.")}
+    assert report.missing == own - set(report.reused)
+    families = (r"image_encoder\.patch_embed\.depth_conv\..*", r"image_encoder\.pos_embed_depth", r"image_encoder\.blocks\.\d+\.attn\.rel_pos_d",
+                r"image_encoder\.blocks\.\d+\.adapter\..*", r"image_encoder\.necks\..*", r"text_projector\..*", r"cross_attention\..*",
+                r"pixel_decoder\..*", r"mask_decoder\.(pe_layer|output_hypernetworks_mlp|coarse_mlp)\..*")
+    assert all(any(re.fullmatch(f, k) for f in families) for k in report.missing)
+    for key in ("image_encoder.patch_embed.depth_conv.weight", "image_encoder.pos_embed_depth", "image_encoder.blocks.11.attn.rel_pos_d",
+                "image_encoder.blocks.0.adapter.dwconv.weight", "image_encoder.necks.3.2.weight", "text_projector.fc1.weight",
+                "cross_attention.stages.3.q_proj.weight", "pixel_decoder.final.weight", "mask_decoder.pe_layer.positional_encoding_gaussian_matrix"):
+        assert key in report.missing, key
+    # frozen exactly = reused SAM encoder tensors (decoder transformer stays trainable)
+    frozen = {k for k, p in vit_b_sam.named_parameters() if not p.requires_grad and not k.startswith("text_encoder.")}
+    assert frozen == {k for k in report.reused if k.startswith("image_encoder.")}
+
+
+def test_wrong_sam_files_fail_clearly(tmp_path, sam_vit_b_checkpoint, shared_tiny_text):
+    from lib.model import SamCheckpointError, build_refsam3d
+
+    def build(path):
+        return build_refsam3d("vit_b", sam_checkpoint=path, text_encoder=shared_tiny_text)
+
+    with pytest.raises(SamCheckpointError, match="does not exist"):
+        build(tmp_path / "nope.pth")
+    truncated = tmp_path / "truncated.pth"
+    truncated.write_bytes(sam_vit_b_checkpoint.read_bytes()[: 20_000_000])
+    with pytest.raises(SamCheckpointError, match="truncated"):
+        build(truncated)
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint")
+    with pytest.raises(SamCheckpointError, match="not a readable PyTorch checkpoint"):
+        build(text)
+    other = tmp_path / "other.pth"
+    torch.save({"weight": torch.zeros(3)}, other)
+    with pytest.raises(SamCheckpointError, match="not a SAM checkpoint"):
+        build(other)
+    vit_l = tmp_path / "sam_vit_l.pth"
+    fake = {"image_encoder.patch_embed.proj.weight": torch.zeros(1024, 3, 16, 16)}
+    fake.update({f"image_encoder.blocks.{i}.norm1.weight": torch.zeros(1) for i in range(24)})
+    torch.save(fake, vit_l)
+    with pytest.raises(SamCheckpointError, match=r"ViT-L checkpoint.*sam_vit_b_01ec64\.pth"):
+        build(vit_l)
+    with pytest.raises(SamCheckpointError, match="vit_b architecture"):
+        build_refsam3d("small", sam_checkpoint=sam_vit_b_checkpoint, text_encoder=shared_tiny_text)
+
+
+# ----------------------------------------------------------------------------- our checkpoints
+def test_small_checkpoint_roundtrip(tmp_path, shared_tiny_text):
+    from lib.model import load_checkpoint, read_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=64, decoder_dim=32).eval()
+    path = save_checkpoint(m, tmp_path / "sub" / "model.pt", extra={"labels": {"liver": 1}, "epoch": 3})
+    assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # atomic: no temporary file left
+    payload = read_checkpoint(path)
+    assert not any(k.startswith("text_encoder.") for k in payload["state_dict"])
+    m2 = load_checkpoint(path, text_encoder=shared_tiny_text)
+    assert m2.config == m.config and m2.checkpoint_extra == {"labels": {"liver": 1}, "epoch": 3}
+    x = torch.rand(1, 1, 9, 13, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(m2.eval()(x, ["liver", "spleen"]), m(x, ["liver", "spleen"]))
+
+
+def test_vit_b_checkpoint_excludes_sam_tensors(tmp_path, vit_b_sam, sam_vit_b_checkpoint, shared_tiny_text):
+    from lib.model import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+
+    path = save_checkpoint(vit_b_sam, tmp_path / "vit_b.pt")
+    stored = set(read_checkpoint(path)["state_dict"])
+    assert stored == {k for k in vit_b_sam.state_dict() if k not in vit_b_sam.frozen_state_keys()}
+    assert "image_encoder.blocks.0.attn.qkv.weight" not in stored and "image_encoder.blocks.0.adapter.up.weight" in stored
+    with pytest.raises(CheckpointError, match="sam_checkpoint"):
+        load_checkpoint(path, text_encoder=shared_tiny_text)
+    m2 = load_checkpoint(path, sam_checkpoint=sam_vit_b_checkpoint, text_encoder=shared_tiny_text).eval()
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x, ["liver"]), vit_b_sam(x, ["liver"]))
+
+
+def test_bad_own_checkpoints_fail_clearly(tmp_path, sam_vit_b_checkpoint, shared_tiny_text):
+    from lib.model import CheckpointError, load_checkpoint, save_checkpoint
+
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16, depth=2, stage_indexes=[0, 1])
+    good = save_checkpoint(m, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(truncated, text_encoder=shared_tiny_text)
+    with pytest.raises(CheckpointError, match="SAM checkpoint"):
+        load_checkpoint(sam_vit_b_checkpoint)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    with pytest.raises(CheckpointError, match="not a RefSAM3D checkpoint"):
+        load_checkpoint(other)
