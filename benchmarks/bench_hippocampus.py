@@ -27,6 +27,7 @@ import datetime
 import json
 import logging
 import math
+import os
 import platform
 import sys
 import time
@@ -51,7 +52,7 @@ REFSAM_RECIPE = dict(
     crop_size=[48, 48, 48],  # = the label set's small roi: the whole hippocampus crop (padded), as inference sees it
     flip_axes=[0],
     augment=True,
-    val_interval=1,
+    val_interval=10,  # validate every 10 epochs and at the end (the lr decays to 0: the last model is usually best)
     val_max_cases=0,
     publish="best",
 )
@@ -67,7 +68,7 @@ BASELINE_RECIPE = dict(
     crop_size=[40, 56, 40],
     flip_axes=[0],
     augment=True,
-    val_interval=1,
+    val_interval=10,  # validate every 10 epochs and at the end (the lr decays to 0: the last model is usually best)
     val_max_cases=0,
     publish="best",
 )
@@ -155,6 +156,16 @@ def make_split(datalist, test_fraction: float, val_fraction: float, seed: int) -
     return {"train": train, "val": val, "test": test}
 
 
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _f(v, digits=3, pct=False):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -162,7 +173,7 @@ def _f(v, digits=3, pct=False):
 
 
 def table(rows: Sequence[dict], labels: Sequence[str]) -> str:
-    head = ["model", "params (trainable)", "iterations", "train min", "s/it"] + \
+    head = ["model", "params (trainable)", "iterations", "train+val min", "s/it"] + \
            [f"Dice {l.split()[0]}" for l in labels] + ["mean Dice", "mean NSD", "mean HD95 mm", "swapped-prompt Dice"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -218,7 +229,7 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     return {
         "name": name, "checkpoint": str(ckpt_path), "recipe": cfg.to_dict(), "iterations": its,
         "epochs": stats.get("epoch"), "train_minutes": train_s / 60.0,
-        "seconds_per_iteration": (train_s / its) if its else None,
+        "seconds_per_iteration": (1.0 / stats["iterations_per_s"]) if stats.get("iterations_per_s") else None,
         "best_val_mean_dice": stats.get("best_metric"), "best_epoch": stats.get("best_metric_epoch"),
         "val_history": stats.get("history"),
         "params_total": desc["parameters"]["total"], "params_trainable": desc["parameters"]["trainable"],
@@ -310,10 +321,15 @@ def main(argv=None) -> int:
             verdict.append(f"{'>=' if d >= b else '<'} baseline {b:.3f}")
         sw = ref["evaluation"].get("routing", {}).get("swapped_dice_mean")
         if sw is not None:
-            verdict.append(f"swapped-prompt Dice {sw:.3f} {'<' if sw < 0.1 else '>='} 0.1")
+            note = "" if d >= 0.5 else " (not meaningful: the model does not segment yet)"
+            verdict.append(f"swapped-prompt Dice {sw:.3f} {'<' if sw < 0.1 else '>='} 0.1{note}")
+    from lib.training import resolve_device
+
+    device = resolve_device(args.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-           "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "device": args.device, "minutes_per_model": args.minutes,
+           "cpu": _cpu_name(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+           "threads": torch.get_num_threads(), "device": f"{device.type} ({device_name})", "minutes_per_model": args.minutes,
            "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
            "total_minutes": round((time.time() - t_all) / 60, 1)}
     result = {"environment": env, "split": {k: [d["id"] for d in v] for k, v in split.items()},
@@ -322,7 +338,8 @@ def main(argv=None) -> int:
     report = [
         "# MSD hippocampus: RefSAM3D small vs DynUNet (nnU-Net 3d_fullres-like)", "",
         f"- command: `{env['command']}`",
-        f"- {env['date']}, {env['cpu']}, {env['threads']} torch threads, device {args.device}, "
+        f"- {env['date']}, {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, "
+        f"device {env['device']}, "
         f"{args.minutes} min training per model (validation included)",
         f"- split (seed {args.seed}): {len(split['train'])} train, {len(split['val'])} validation (model selection), "
         f"{len(split['test'])} held-out test cases (`hippocampus_split.json`)",

@@ -1,7 +1,7 @@
 """Benchmark: one forward of RefSAM3D (vit_b, small) vs MONAI SwinUNETR and UNETR on the same input.
 
 Each (model, size) runs in its own subprocess so that peak memory is clean: on CPU the peak RSS
-increase during the forwards (activations + workspace), on CUDA ``torch.cuda.max_memory_allocated``.
+(sampled every 2 ms) minus the RSS before the forwards (activations + workspace), on CUDA ``torch.cuda.max_memory_allocated``.
 Time = median of ``--repeats`` forwards after one warm-up, ``torch.inference_mode``. For RefSAM3D the
 text encoder output is cached after the warm-up (as on the server), and extra rows give the bare 3D
 ViT encoder (``vit_b encoder``: patch embedding + 12 blocks, no adapters, necks or decoder) and the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,28 @@ MODELS = ["vit_b", "vit_b encoder", "vit_b +1 prompt", "small", "small +1 prompt
 def _rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _RssSampler:
+    """Samples this process's RSS every 2 ms in a thread; ``stop()`` returns the peak (MB)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak = _rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            time.sleep(0.002)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return max(self.peak, _rss_mb())
 
 
 def _minilm() -> str:
@@ -102,7 +123,7 @@ def worker(name: str, size: int, repeats: int, device: str, text_encoder: str, s
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         rss0 = _rss_mb()
-        peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        sampler = _RssSampler() if not cuda else None
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -114,10 +135,13 @@ def worker(name: str, size: int, repeats: int, device: str, text_encoder: str, s
     if cuda:
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = max(0.0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - max(rss0, 0.0)) if \
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 > peak0 else float("nan")
+        peak = sampler.stop() - rss0
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    del model, run
+    if cuda:
+        torch.cuda.empty_cache()
     return {"model": name, "size": size, "median_s": statistics.median(times), "min_s": min(times), "peak_mb": peak,
-            "params_m": sum(p.numel() for p in model.parameters()) / 1e6, "device": device, "threads": torch.get_num_threads()}
+            "params_m": params_m, "device": device, "threads": torch.get_num_threads()}
 
 
 def main() -> None:
@@ -131,6 +155,7 @@ def main() -> None:
     ap.add_argument("--text-encoder", default=None, help="HF name/folder (default: the offline all-MiniLM-L6-v2)")
     ap.add_argument("--sam-checkpoint", default=None, help="sam_vit_b_01ec64.pth (timing is the same with random weights)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "model.md"))
+    ap.add_argument("--inprocess", action="store_true", help="run all models in this process (fine for CUDA peak memory)")
     ap.add_argument("--worker", nargs=2, metavar=("MODEL", "SIZE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     text = args.text_encoder or _minilm()
@@ -144,6 +169,16 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--worker", name, str(size), "--repeats", str(args.repeats), "--device", args.device,
                    "--threads", str(args.threads), "--text-encoder", text] + (["--amp"] if args.amp else []) + \
                   (["--sam-checkpoint", args.sam_checkpoint] if args.sam_checkpoint else [])
+            if args.inprocess:
+                try:
+                    r = worker(name, size, args.repeats, args.device, text, args.sam_checkpoint, args.threads, args.amp)
+                except Exception as err:  # noqa: BLE001
+                    print(f"{name:>16} {size:>4}^3  FAILED: {err}", flush=True)
+                    rows.append({"model": name, "size": size, "error": str(err).splitlines()[0]})
+                    continue
+                rows.append(r)
+                print(f"{name:>16} {size:>4}^3  {r['median_s']:8.3f} s  peak {r['peak_mb']:8.0f} MB  ({r['params_m']:.1f} M params)", flush=True)
+                continue
             proc = subprocess.run(cmd, capture_output=True, text=True)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
@@ -164,7 +199,7 @@ def main() -> None:
             lines.append(f"| {r['model']} | {r['size']}³ | failed: {r['error'][:80]} | | |")
         else:
             lines.append(f"| {r['model']} | {r['size']}³ | {r['median_s']:.3f} | {r['peak_mb']:.0f} | {r['params_m']:.1f} |")
-    lines += ["", "Peak memory: CPU = increase of the process's peak RSS during the timed forwards; CUDA = peak allocated "
+    lines += ["", "Peak memory: CPU = peak RSS sampled every 2 ms during the timed forwards minus RSS before; CUDA = peak allocated "
               "minus allocated before. `vit_b encoder` = bare 3D ViT-B (no adapters/necks/decoder); `+1 prompt` = decoding "
               "one more prompt on an encoded image. Parameters include the text encoder (all-MiniLM-L6-v2, 22.7 M) for RefSAM3D."]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

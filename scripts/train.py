@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--crop", default=None, help="training crop (default: the roi)")
     t.add_argument("--batch-size", type=int, default=2)
     t.add_argument("--num-samples", type=int, default=1, help="crops per volume per step")
-    t.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (paper 1e-4 for fine-tuning)")
+    t.add_argument("--lr", type=float, default=None,
+                   help="AdamW learning rate (default 1e-3 for small from scratch, 1e-4 = the paper's for vit_b)")
     t.add_argument("--weight-decay", type=float, default=1e-5)
     t.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction of the run")
     t.add_argument("--grad-clip", type=float, default=1.0)
@@ -88,7 +89,8 @@ def main(argv=None) -> int:
     values = {
         "max_epochs": args.epochs, "max_minutes": args.minutes, "max_iterations": args.iterations,
         "crop_size": args.crop or list(roi), "batch_size": args.batch_size, "num_samples": args.num_samples,
-        "learning_rate": args.lr, "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
+        "learning_rate": args.lr if args.lr else (1e-3 if args.preset == "small" else 1e-4),
+        "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
         "grad_clip": args.grad_clip, "max_prompts": args.max_prompts, "negative_prompts": args.negative_prompts,
         "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,
         "augment": not args.no_augment, "val_split": args.val_split, "val_interval": args.val_interval,

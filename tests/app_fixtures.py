@@ -115,8 +115,3 @@ def nrrd_bytes_header(data: bytes) -> Dict[str, Any]:
 
     head = data.split(b"\n\n", 1)[0].decode("ascii", errors="replace") + "\n"
     return nrrd.read_header(io.StringIO(head))
-
-
-def load_reference(path: Path) -> Tuple[Tuple[int, ...], np.ndarray]:
-    img = nib.load(str(path))
-    return tuple(int(s) for s in img.shape), img.affine

@@ -11,7 +11,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import requests

@@ -6,7 +6,6 @@ MSD hippocampus cases.  The label set is a 4-label TotalSegmentator subset (``--
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 

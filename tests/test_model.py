@@ -18,11 +18,11 @@ def small(shared_tiny_text):
 
 # ----------------------------------------------------------------------------- public interface
 def test_shapes_small_non_cubic_batch_and_prompts(small):
-    x = torch.rand(2, 1, 19, 30, 13)  # non-cubic, not multiples of the patch (4)
+    x = torch.rand(2, 1, 19, 30, 13)  # non-cubic, not multiples of the patch (8)
     with torch.no_grad():
         y = small(x, PROMPTS)
     assert y.shape == (2, 3, 19, 30, 13) and y.dtype == torch.float32 and torch.isfinite(y).all()
-    assert small.size_divisor == 4
+    assert small.size_divisor == 8
 
 
 def test_shapes_vit_b_non_multiple_of_16(vit_b_sam):

@@ -12,7 +12,7 @@ from model_fixtures import dice, load_hippocampus_case, quiet_build, shared_mini
 
 PROMPTS = ["anterior hippocampus", "posterior hippocampus"]
 MAX_STEPS = 400
-TIME_LIMIT_S = 420.0  # "a few minutes of CPU", with margin for a shared, loaded machine
+TIME_LIMIT_S = 600.0  # safety stop; it needs ~100 s of CPU (200-300 steps of ~0.4 s on one core)
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def test_small_fits_one_hippocampus_case(hippocampus_dir, shared_minilm_text, on
     x, y = load_hippocampus_case(hippocampus_dir)  # [1, 1, 36, 52, 38], [1, 2, 36, 52, 38]
     torch.manual_seed(0)
     model = quiet_build("small", text_encoder=shared_minilm_text)
-    opt = torch.optim.AdamW(model.trainable_parameters(), lr=4e-3, weight_decay=1e-5)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=2e-3, weight_decay=1e-5)
     start, best, step = time.perf_counter(), torch.zeros(2), 0
     for step in range(1, MAX_STEPS + 1):
         model.train()
@@ -44,6 +44,8 @@ def test_small_fits_one_hippocampus_case(hippocampus_dir, shared_minilm_text, on
             model.eval()
             with torch.no_grad():
                 best = dice(model(x, PROMPTS), y)[0]
+            if step % 50 == 0:
+                print(f"step {step}: Dice {[round(v, 3) for v in best.tolist()]} ({time.perf_counter() - start:.0f} s)", flush=True)
             if best.min() > 0.92 or time.perf_counter() - start > TIME_LIMIT_S:
                 break
     elapsed = time.perf_counter() - start

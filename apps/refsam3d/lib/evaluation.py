@@ -209,15 +209,23 @@ def evaluate(
         data = xform({"image": item["image"], "label": item["label"]})
         image = torch.as_tensor(data["image"]).float()[None]
         gt = label_map_to_binary(torch.as_tensor(data["label"]), entries)
+        routing = cross_prompts and hasattr(segmenter, "segment_each") and len(entries) > 1
+        each = None
         with torch.no_grad():
-            pred = segmenter.segment(image).to("cpu").bool()
+            if routing and hasattr(segmenter, "segment_and_each"):  # one inference for both
+                pred, each = segmenter.segment_and_each(image)
+            else:
+                pred = segmenter.segment(image)
+        pred = pred.to("cpu").bool()
         m = case_metrics(pred, gt, spacing=target_spacing, nsd_tolerance=nsd_tolerance)
         rec = {"id": item.get("id") or Path(item["image"]).name, "image": str(item["image"]),
                "labels": {n: {k: m[k][i] for k in m} for i, n in enumerate(label_names)}}
         rec["labels_present"] = [n for i, n in enumerate(label_names) if bool(gt[i].any())]
-        if cross_prompts and hasattr(segmenter, "segment_each") and len(entries) > 1:
-            with torch.no_grad():
-                each = segmenter.segment_each(image).to("cpu").bool()
+        if routing:
+            if each is None:
+                with torch.no_grad():
+                    each = segmenter.segment_each(image)
+            each = each.to("cpu").bool()
             mat = np.zeros((len(entries), len(entries)))
             for i in range(len(entries)):
                 mat[i] = case_metrics(each[i:i + 1].expand(len(entries), *each.shape[1:]), gt,

@@ -58,7 +58,7 @@ def _compact(enc):
     cls = type(enc)
     return cls(
         [s.detach().to("cpu", torch.float32).contiguous() for s in enc.stages],
-        enc.mask_features.detach().to("cpu", STORE_DTYPE),
+        enc.mask_features.detach().to("cpu", STORE_DTYPE, memory_format=torch.channels_last_3d),
         tuple(enc.input_shape),
         tuple(enc.scaled_shape),
     )
@@ -68,7 +68,7 @@ def _expand(enc, device: torch.device):
     cls = type(enc)
     return cls(
         [s.to(device, torch.float32) for s in enc.stages],
-        enc.mask_features.to(device=device, dtype=torch.float32).contiguous(memory_format=torch.channels_last_3d),
+        enc.mask_features.to(device, torch.float32, memory_format=torch.channels_last_3d),  # one copy
         tuple(enc.input_shape),
         tuple(enc.scaled_shape),
     )

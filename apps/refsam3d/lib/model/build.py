@@ -2,10 +2,11 @@
 
 ``vit_b``: the paper's model on SAM ViT-B (embed 768, 12 blocks, 12 heads, stages after blocks
 3/6/9/12 = SAM's global-attention blocks 2/5/8/11, patch 16, 4 x2 upsamplings).
-``small``: the same architecture scaled down to train from scratch on a few CPU cores: patch 4
-(a 48^3 window or a ~36x50x36 hippocampus crop gives ~10-12 tokens per axis; 2 upsamplings),
-embed 128, 4 blocks of global attention (each block is one stage), decoder width 96, and the
-encoder trainable (there are no pre-trained weights to freeze). See ``docs/model.md``.
+``small``: the same architecture scaled down to train from scratch on a few CPU cores: patch 8
+(a 48^3 window -> 6^3 tokens, a ~36x52x38 hippocampus crop -> 5x7x5; 3 upsamplings, so stages
+3/2/1 join the decoder at x2/x4/x8 as in vit_b), embed 128, 4 blocks of global attention (each
+block is one stage), decoder width 96, and the encoder trainable (no pre-trained weights to
+freeze). See ``docs/model.md``.
 """
 
 from __future__ import annotations
@@ -48,19 +49,19 @@ _VIT_B: dict[str, Any] = dict(
 
 _SMALL: dict[str, Any] = dict(
     _VIT_B,
-    patch_size=4,
+    patch_size=8,  # 48^3 -> 6^3 tokens, a hippocampus crop (~36x52x38) -> 5x7x5; log2(8) = 3 upsamplings
     embed_dim=128,
     depth=4,
     num_heads=4,
-    window_size=0,  # global attention: <= ~2k tokens
+    window_size=0,  # <= a few hundred tokens: global attention everywhere
     global_attn_indexes=[0, 1, 2, 3],
-    stage_indexes=[0, 1, 2, 3],
-    pos_embed_size=12,
-    depth_embed_size=12,
-    rel_pos_window_size=12,
+    stage_indexes=[0, 1, 2, 3],  # each block is one stage
+    pos_embed_size=8,  # (h, w) table for 64 voxels / 8, resized for other sizes
+    depth_embed_size=8,
+    rel_pos_window_size=8,
     adapter_dim=32,
     decoder_dim=96,
-    decoder_channels=[48, 24],  # log2(4) = 2 upsamplings
+    decoder_channels=[48, 24, 12],
     mask_dim=16,
     transformer_heads=4,
     transformer_mlp_dim=384,

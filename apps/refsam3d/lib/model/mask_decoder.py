@@ -35,11 +35,12 @@ class PositionEmbeddingRandom3D(nn.Module):
         self.register_buffer("positional_encoding_gaussian_matrix", scale * torch.randn(3, num_pos_feats, generator=g))
 
     def forward(self, size: Sequence[int]) -> torch.Tensor:
-        gm = self.positional_encoding_gaussian_matrix
-        axes = [(torch.arange(n, device=gm.device, dtype=gm.dtype) + 0.5) / n for n in size]
-        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [d, h, w, 3] in (0, 1)
-        coords = 2 * math.pi * ((2 * coords - 1) @ gm)  # [d, h, w, F]
-        return torch.cat([coords.sin(), coords.cos()], dim=-1).permute(3, 0, 1, 2)  # [C, d, h, w]
+        gm = self.positional_encoding_gaussian_matrix.float()
+        with torch.autocast(device_type=gm.device.type, enabled=False):  # phases in fp32, also under autocast
+            axes = [(torch.arange(n, device=gm.device, dtype=torch.float32) + 0.5) / n for n in size]
+            coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # [d, h, w, 3] in (0, 1)
+            coords = 2 * math.pi * ((2 * coords - 1) @ gm)  # [d, h, w, F]
+            return torch.cat([coords.sin(), coords.cos()], dim=-1).permute(3, 0, 1, 2)  # [C, d, h, w]
 
 
 class PixelDecoder3D(nn.Module):

@@ -9,6 +9,7 @@ and lives in :class:`RefSAM3D`, so one ``TextEncoder`` can be shared by several 
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,18 @@ class TextFeatures:
 def _load_hf(name_or_path: str) -> tuple[nn.Module, object]:
     """Tokenizer + text model; a clear error when neither a local folder nor the hub has it."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars in server logs
+    try:
+        return _load_hf_quiet(name_or_path, AutoConfig, AutoModel, AutoTokenizer)
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
+def _load_hf_quiet(name_or_path: str, AutoConfig, AutoModel, AutoTokenizer) -> tuple[nn.Module, object]:  # noqa: N803
     is_dir = Path(name_or_path).is_dir()
     errors: list[str] = []
     for local_only in ([False] if is_dir else [True, False]):
@@ -85,16 +97,29 @@ class TextEncoder(nn.Module):
         self.use_pooler = type(model).__name__.startswith("CLIP")  # CLIP: pooled EOS state; else masked mean
         self.cache_size = cache_size
         self._cache: "OrderedDict[str, tuple[torch.Tensor, torch.Tensor]]" = OrderedDict()
+        self._lock = threading.Lock()  # the server may decode from several threads
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model.eval()
+
+    def __getstate__(self) -> dict:  # deepcopy / pickle: no lock, no cache
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_lock", None)
+        state["_cache"] = OrderedDict()
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     def train(self, mode: bool = True) -> "TextEncoder":  # frozen: always eval (no dropout)
         super().train(False)
         return self
 
     def clear_cache(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()
 
     @property
     def device(self) -> torch.device:
@@ -114,20 +139,21 @@ class TextEncoder(nn.Module):
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)  # masked mean
         for i, prompt in enumerate(prompts):
             self._cache[prompt] = (hidden[i][mask[i]].clone(), pooled[i].clone())  # [L_i, Ce], [Ce]
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
 
     def forward(self, prompts: Sequence[str]) -> TextFeatures:
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts) or len(prompts) == 0:
             raise TypeError(f"prompts must be a non-empty list of strings, got {prompts!r}")
-        missing = list(OrderedDict.fromkeys(p for p in prompts if p not in self._cache))
-        if missing:
-            self._encode_uncached(missing)
+        with self._lock:
+            missing = list(OrderedDict.fromkeys(p for p in prompts if p not in self._cache))
+            if missing:
+                self._encode_uncached(missing)
+            items = []
+            for p in prompts:
+                self._cache.move_to_end(p)
+                items.append(self._cache[p])
+            while len(self._cache) > max(self.cache_size, len(set(prompts))):
+                self._cache.popitem(last=False)  # least recently used
         dev = self.device
-        items = []
-        for p in prompts:
-            self._cache.move_to_end(p)
-            items.append(self._cache[p])
         length = max(h.shape[0] for h, _ in items)
         tokens = torch.zeros(len(items), length, self.hidden_size, device=dev)  # [K, L, Ce]
         mask = torch.zeros(len(items), length, dtype=torch.bool, device=dev)  # [K, L]

@@ -37,13 +37,19 @@ PRESETS = ("small", "vit_b")
 CONF_PREFIX = "train_"
 
 
-def defaults_from_conf(conf: dict) -> TrainConfig:
-    """``--conf train_epochs 20 --conf train_lr 1e-3 ...`` -> the default ``TrainConfig`` of the task."""
+# default learning rate per preset: the paper's 1e-4 fine-tunes adapters on pre-trained SAM (vit_b);
+# the small preset has no pre-trained image encoder and learns from scratch (see docs/training.md)
+DEFAULT_LR = {"vit_b": 1e-4, "small": 1e-3}
+
+
+def defaults_from_conf(conf: dict, preset: str = "vit_b") -> TrainConfig:
+    """``--conf train_max_epochs 20 --conf train_learning_rate 1e-3 ...`` -> the default ``TrainConfig`` of the task."""
     values = {}
     for key, value in (conf or {}).items():
         if key.startswith(CONF_PREFIX):
             values[key[len(CONF_PREFIX):]] = value
-    return TrainConfig.from_mapping(values, base=TrainConfig(max_epochs=50, learning_rate=1e-4, val_split=0.2))
+    base = TrainConfig(max_epochs=50, learning_rate=DEFAULT_LR.get(preset, 1e-4), val_split=0.2)
+    return TrainConfig.from_mapping(values, base=base)
 
 
 class RefSAM3DTrain(BasicTrainTask):
@@ -56,7 +62,7 @@ class RefSAM3DTrain(BasicTrainTask):
         self.label_set = config.label_set
         self.store = config.store
         self.preset = str(getattr(config, "preset", None) or conf.get("preset", "small"))
-        self.base_cfg = defaults_from_conf(conf)
+        self.base_cfg = defaults_from_conf(conf, self.preset)
         roi = getattr(config, "roi_size", None) or parse_size(conf.get("roi_size"))
         self.roi_size = tuple(roi) if roi else tuple(self.label_set.roi_size(self.preset))
         self.overlap = float(getattr(config, "sw_overlap", None) or conf.get("sw_overlap", 0.25))

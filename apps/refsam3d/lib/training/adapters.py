@@ -113,6 +113,13 @@ class PromptModelAdapter(SegmentationAdapter):
         """Every prompt thresholded on its own (no competition between prompts): for routing checks."""
         return self.predict_probs(image, [e.prompt for e in self.entries]) >= self.threshold
 
+    def segment_and_each(self, image):
+        """``(segment(image), segment_each(image))`` from one inference."""
+        from lib.evaluation import probs_to_masks
+
+        probs = self.predict_probs(image, [e.prompt for e in self.entries])
+        return probs_to_masks(probs, self.threshold, exclusive=True), probs >= self.threshold
+
     def save(self, path, extra=None):
         from lib.model import save_checkpoint
 
