@@ -4,9 +4,9 @@
 3/6/9/12 = SAM's global-attention blocks 2/5/8/11, patch 16, 4 x2 upsamplings).
 ``small``: the same architecture scaled down to train from scratch on a few CPU cores: patch 8
 (a 48^3 window -> 6^3 tokens, a ~36x52x38 hippocampus crop -> 5x7x5; 3 upsamplings, so stages
-3/2/1 join the decoder at x2/x4/x8 as in vit_b), embed 128, 4 blocks of global attention (each
-block is one stage), decoder width 96, and the encoder trainable (no pre-trained weights to
-freeze). See ``docs/model.md``.
+3/2/1 join the decoder at x2/x4/x8 as in vit_b), embed 128, 4 blocks (each block is one stage;
+8-token windows, i.e. global attention up to 64^3 inputs, the last block always global), decoder
+width 96, and the encoder trainable (no pre-trained weights to freeze). See ``docs/model.md``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ _VIT_B: dict[str, Any] = dict(
     rel_pos_window_size=14,  # SAM's window rel-pos tables (2*14-1), resized to the 3D window
     adapter_dim=64,
     decoder_dim=256,  # SAM's prompt / transformer width
-    decoder_channels=[128, 64, 32, 16],  # one per x2 upsampling: log2(16) = 4
+    decoder_channels=[128, 64, 32, 8],  # one per x2 upsampling: log2(16) = 4; 8 at full resolution (CPU cost)
     mask_dim=16,
     final_kernel=3,
     transformer_depth=2,
@@ -53,8 +53,8 @@ _SMALL: dict[str, Any] = dict(
     embed_dim=128,
     depth=4,
     num_heads=4,
-    window_size=0,  # <= a few hundred tokens: global attention everywhere
-    global_attn_indexes=[0, 1, 2, 3],
+    window_size=8,  # windows of 8 tokens: global for rois up to 64^3, bounded cost for larger ones
+    global_attn_indexes=[3],  # the last block (stage 4) is always global
     stage_indexes=[0, 1, 2, 3],  # each block is one stage
     pos_embed_size=8,  # (h, w) table for 64 voxels / 8, resized for other sizes
     depth_embed_size=8,

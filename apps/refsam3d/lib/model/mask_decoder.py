@@ -66,8 +66,9 @@ class PixelDecoder3D(nn.Module):
             for j in self.level_stage
         })
         self.norms = nn.ModuleList(LayerNorm3d(chans[j]) for j in range(1, n_up + 1))
-        # one 3x3x3 conv per level below full resolution (full resolution only gets the final conv)
-        self.convs = nn.ModuleList(nn.Conv3d(chans[j], chans[j], 3, padding=1) for j in range(1, n_up))
+        # a 3x3x3 conv on the coarse levels only (all but the two finest): at 1/2 and full resolution a conv
+        # would cost more than the whole ViT-B encoder on CPU; full resolution gets the final conv
+        self.convs = nn.ModuleList(nn.Conv3d(chans[j], chans[j], 3, padding=1) for j in range(1, n_up - 1))
         self.act = nn.GELU()
         self.final = nn.Conv3d(chans[-1] + in_chans, mask_dim, final_kernel, padding=final_kernel // 2)
 
@@ -79,7 +80,7 @@ class PixelDecoder3D(nn.Module):
             if j in self.level_stage:
                 x = x + self.skips[str(j)](stages[self.level_stage[j]])  # U-shape skip, same size
             x = self.act(self.norms[j - 1](x))
-            if j < self.n_up:
+            if j <= len(self.convs):
                 x = x + self.act(self.convs[j - 1](x))
         x = torch.cat([x, image.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)], dim=1)  # [B, c_n + 1, D, H, W]
         return self.act(self.final(x))  # [B, Cm, D, H, W]
