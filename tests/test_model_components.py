@@ -142,6 +142,8 @@ def test_patch_conv_transpose_equals_conv_transpose3d():
         x = torch.randn(2, 6, 3, 4, 2)
         ref = F.conv_transpose3d(x, m.weight, m.bias, stride=s)
         torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
+        extra = torch.randn(2, 1, *ref.shape[2:])
+        torch.testing.assert_close(m(x, extra=extra), torch.cat([ref, extra], 1), rtol=1e-5, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- text encoder
@@ -176,3 +178,12 @@ def test_missing_text_encoder_fails_clearly(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(RuntimeError, match="not a Hugging Face text model"):
         TextEncoder(tmp_path / "empty")
+
+
+def test_default_text_encoder_offline_fails_clearly(monkeypatch):
+    from lib.model import DEFAULT_TEXT_ENCODER, build_refsam3d
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network attempt (without it: the same error after HF's retries)
+    with pytest.raises(RuntimeError, match="local folder") as err:
+        build_refsam3d("small")
+    assert DEFAULT_TEXT_ENCODER == "openai/clip-vit-base-patch16" and DEFAULT_TEXT_ENCODER in str(err.value)

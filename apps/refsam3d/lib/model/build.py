@@ -93,8 +93,8 @@ def resolve_config(preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
             value = int(value)
         base[key] = value
     p = base["patch_size"]
-    if p < 1 or p & (p - 1):
-        raise ValueError(f"patch_size must be a power of 2, got {p}")
+    if p < 2 or p & (p - 1):
+        raise ValueError(f"patch_size must be a power of 2 >= 2, got {p}")
     n_up = p.bit_length() - 1  # log2(patch_size) x2 upsamplings
     if len(base["decoder_channels"]) != n_up:
         if "decoder_channels" in overrides:

@@ -65,9 +65,11 @@ class PixelDecoder3D(nn.Module):
             str(j): nn.Sequential(nn.Conv3d(dim, chans[j], 1), PatchConvTranspose3d(chans[j], chans[j], 2**j))
             for j in self.level_stage
         })
-        self.norms = nn.ModuleList(LayerNorm3d(chans[j]) for j in range(1, n_up + 1))
-        # a 3x3x3 conv on the coarse levels only (all but the two finest): at 1/2 and full resolution a conv
-        # would cost more than the whole ViT-B encoder on CPU; full resolution gets the final conv
+        # LayerNorm + GELU below full resolution; the full-resolution features go straight (linearly) into
+        # the final conv, whose GELU is the nonlinearity there (each full-resolution pass costs ~0.1 s at 160^3)
+        self.norms = nn.ModuleList(LayerNorm3d(chans[j]) for j in range(1, n_up))
+        # a 3x3x3 conv on the coarse levels only (all but the two finest): at 1/2 or full resolution each such
+        # conv would cost about a third of the ViT-B encoder on CPU; full resolution gets the final conv
         self.convs = nn.ModuleList(nn.Conv3d(chans[j], chans[j], 3, padding=1) for j in range(1, n_up - 1))
         self.act = nn.GELU()
         self.final = nn.Conv3d(chans[-1] + in_chans, mask_dim, final_kernel, padding=final_kernel // 2)
@@ -75,15 +77,18 @@ class PixelDecoder3D(nn.Module):
     def forward(self, stages: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """stages: N x ``[B, C, d, h, w]``; image ``[B, 1, D, H, W]`` (``D = d * patch``) -> ``M [B, Cm, D, H, W]``."""
         x = self.base(torch.cat([stages[-1], *[stages[s] for s in self.base_stages]], dim=1))  # [B, C, d, h, w]
-        for j in range(1, self.n_up + 1):
+        for j in range(1, self.n_up):
             x = self.ups[j - 1](x)  # x2 per axis: [B, c_{j-1}, ...] -> [B, c_j, 2x ...]
             if j in self.level_stage:
                 x = x + self.skips[str(j)](stages[self.level_stage[j]])  # U-shape skip, same size
             x = self.act(self.norms[j - 1](x))
             if j <= len(self.convs):
                 x = x + self.act(self.convs[j - 1](x))
-        x = torch.cat([x, image.to(x.dtype).contiguous(memory_format=torch.channels_last_3d)], dim=1)  # [B, c_n + 1, D, H, W]
-        return self.act(self.final(x))  # [B, Cm, D, H, W]
+        # last x2 to full resolution, the image appended as a channel in the same pass: [B, c_n + 1, D, H, W]
+        x = self.ups[-1](x, extra=image.to(x.dtype))
+        if self.n_up in self.level_stage:  # only when patch_size == 2
+            x = x + torch.cat([self.skips[str(self.n_up)](stages[self.level_stage[self.n_up]]), torch.zeros_like(image)], 1)
+        return self.act(self.final(x))  # the last conv over [mask features, image] -> M [B, Cm, D, H, W]
 
 
 class MaskDecoder3D(nn.Module):

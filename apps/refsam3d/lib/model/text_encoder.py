@@ -9,6 +9,7 @@ and lives in :class:`RefSAM3D`, so one ``TextEncoder`` can be shared by several 
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,8 +51,9 @@ def _load_hf(name_or_path: str) -> tuple[nn.Module, object]:
 
 def _load_hf_quiet(name_or_path: str, AutoConfig, AutoModel, AutoTokenizer) -> tuple[nn.Module, object]:  # noqa: N803
     is_dir = Path(name_or_path).is_dir()
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
     errors: list[str] = []
-    for local_only in ([False] if is_dir else [True, False]):
+    for local_only in ([False] if is_dir else [True] if offline else [True, False]):
         try:
             config = AutoConfig.from_pretrained(name_or_path, local_files_only=local_only)
             tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local_only)
@@ -66,8 +68,8 @@ def _load_hf_quiet(name_or_path: str, AutoConfig, AutoModel, AutoTokenizer) -> t
             errors.append(f"{type(err).__name__}: {err}")
     else:
         where = "the folder exists but is not a Hugging Face text model" if is_dir else (
-            "it is not in the local Hugging Face cache and could not be downloaded (offline?)"
-        )
+            "it is not in the local Hugging Face cache" + (" (HF_HUB_OFFLINE is set)" if offline else
+                                                             " and could not be downloaded (offline?)"))
         raise RuntimeError(
             f"Cannot load the text encoder '{name_or_path}': {where}. Pass text_encoder=<local folder> "
             f"holding a model saved with save_pretrained (config.json, weights, tokenizer), e.g. the "
