@@ -37,6 +37,8 @@ from typing import Sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
 
+from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
+
 DEFAULT_DATA = (REPO.parent / "shared" / "data" / "msd-hippocampus")
 
 logger = logging.getLogger("bench")
@@ -248,8 +250,6 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs", type=int, default=10000)
     p.add_argument("--lr", type=float, default=None, help="override RefSAM3D's learning rate")
     p.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU for both models")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="mm")
     p.add_argument("--text-encoder", default="minilm")
@@ -257,15 +257,13 @@ def main(argv=None) -> int:
                    help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--checkpoint-dir", default=str(REPO / "model" / "benchmarks"))
-    p.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(p)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    start_runtime(args)
     import warnings
 
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
     import torch
-
-    torch.set_num_threads(args.threads)
 
     from lib.evaluation import plot_results
     from lib.labelsets import load_label_set

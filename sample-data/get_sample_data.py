@@ -8,8 +8,13 @@ Offline (no internet, or ``--offline``): copy real studies from ``../shared/data
 TotalSegmentator example abdominal CT (NIfTI), its 20-slice CT DICOM series (use ``image=ct_dicom``) and the TCIA
 brain MRI DICOM series -- and say so.  Nothing is ever committed: ``sample-data/*`` is git-ignored except the scripts.
 
+With ``--hippocampus``: MSD Task04 hippocampus MRIs for the trained demo checkpoint
+(``checkpoints/msd_hippocampus``): the held-out test cases of ``benchmarks/results/hippocampus_split.json``
+(never trained on), from ``../shared/data/msd-hippocampus`` or else downloaded (MSD Task04, 27 MB).
+
     python sample-data/get_sample_data.py            # online, falls back to offline data
     python sample-data/get_sample_data.py --offline  # only the local data
+    python sample-data/get_sample_data.py --hippocampus --dest sample-data/hippocampus-studies
 """
 
 from __future__ import annotations
@@ -25,6 +30,9 @@ REPO = HERE.parent
 SHARED = (REPO.parent / "shared" / "data").resolve()
 MSD_SPLEEN_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task09_Spleen.tar"
 MSD_SPLEEN_MD5 = "410d4a301da4e5b2f6f86ec3ddba524e"
+MSD_HIPPOCAMPUS_URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/Task04_Hippocampus.tar"
+MSD_HIPPOCAMPUS_MD5 = "9d24dba78a72977dbd1d2e110310f31b"
+HIPPOCAMPUS_SPLIT = REPO / "benchmarks" / "results" / "hippocampus_split.json"
 
 
 def online(dest: Path, cases: int, downloads: Path) -> list[Path]:
@@ -71,6 +79,33 @@ def offline(dest: Path) -> list[Path]:
     return out
 
 
+def hippocampus(dest: Path, cases: int, offline_only: bool, downloads: Path) -> list[Path]:
+    """Copy the first ``cases`` held-out test cases of the benchmark split (images only) into ``dest``."""
+    import json
+
+    ids = json.loads(HIPPOCAMPUS_SPLIT.read_text())["test"][:cases]
+    source = SHARED / "msd-hippocampus" / "imagesTr"
+    if not source.is_dir():
+        if offline_only:
+            raise RuntimeError(f"{source} does not exist and --offline forbids the download")
+        from monai.apps import download_and_extract
+
+        source = downloads / "Task04_Hippocampus" / "imagesTr"
+        if not source.is_dir():
+            downloads.mkdir(parents=True, exist_ok=True)
+            print(f"Downloading MSD Task04 hippocampus ({MSD_HIPPOCAMPUS_URL}, 27 MB) into {downloads} ...", flush=True)
+            download_and_extract(MSD_HIPPOCAMPUS_URL, str(downloads / "Task04_Hippocampus.tar"), str(downloads),
+                                 MSD_HIPPOCAMPUS_MD5)
+    out = []
+    for case in ids:
+        target = dest / f"{case}.nii.gz"
+        if not target.exists():
+            shutil.copy(source / f"{case}.nii.gz", target)
+            target.chmod(0o644)
+        out.append(target)
+    return out
+
+
 def reachable(url: str, timeout: float = 10.0) -> bool:
     try:
         urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
@@ -84,9 +119,21 @@ def main(argv=None) -> int:
     parser.add_argument("--dest", default=str(HERE / "studies"), help="studies folder (default sample-data/studies)")
     parser.add_argument("--cases", type=int, default=3, help="number of MSD spleen CT volumes (online)")
     parser.add_argument("--offline", action="store_true", help="do not try the internet")
+    parser.add_argument("--hippocampus", action="store_true",
+                        help="held-out MSD hippocampus MRIs for the demo checkpoint (--cases of them)")
     args = parser.parse_args(argv)
     dest = Path(args.dest)
     dest.mkdir(parents=True, exist_ok=True)
+
+    if args.hippocampus:
+        try:
+            files = hippocampus(dest, args.cases, args.offline, HERE / ".downloads")
+        except Exception as e:  # noqa: BLE001
+            print(f"ERROR: no hippocampus studies: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+        print(f"Hippocampus studies ready in {dest}: {', '.join(p.name for p in files)} (held-out test cases of "
+              "benchmarks/results/hippocampus_split.json). Prompts: 'anterior hippocampus', 'posterior hippocampus'.")
+        return 0
 
     if not args.offline:
         if reachable(MSD_SPLEEN_URL):

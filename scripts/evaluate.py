@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
+
+from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,25 +39,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD boundary tolerance in mm")
     p.add_argument("--no-cross-prompts", action="store_true", help="skip the swapped-prompt (routing) Dice")
     p.add_argument("--out", default="results/evaluation")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--no-progress", action="store_true")
+    add_runtime_arguments(p)
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_runtime(args)
     from lib.evaluation import evaluate, write_reports
     from lib.labelsets import load_label_set
     from lib.model import load_checkpoint
     from lib.training import PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist
     from lib.training.config import parse_labels, parse_size
-    from lib.training.runner import checkpoint_info, label_set_from_checkpoint, resolve_text_encoder
+    from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
+                                      resolve_text_encoder)
 
     info = checkpoint_info(args.checkpoint)
     label_set = load_label_set(args.label_set) if args.label_set else label_set_from_checkpoint(args.checkpoint)
@@ -64,7 +60,8 @@ def main(argv=None) -> int:
         raise SystemExit("the checkpoint does not name its label set: pass --label-set")
     preset = info["config"].get("preset", "small")
     roi = parse_size(args.roi) or parse_size(info["extra"].get("roi_size")) or tuple(label_set.roi_size(preset))
-    text = resolve_text_encoder(args.text_encoder) if args.text_encoder else None
+    text = (resolve_text_encoder(args.text_encoder) if args.text_encoder
+            else portable_text_encoder(info["config"].get("text_encoder")))
     model = load_checkpoint(args.checkpoint, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
     entries = entries_from_label_set(label_set, parse_labels(args.labels))
     seg = PromptModelAdapter(model, entries, TrainConfig(), roi_size=roi, overlap=args.overlap,

@@ -23,6 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
 
+from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,21 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-interval", type=int, default=1)
     t.add_argument("--publish", default="best", choices=["best", "last"])
     t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")
-    t.add_argument("--device", default="auto")
-    t.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch default)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--no-progress", action="store_true", help="log lines instead of a progress bar")
+    add_runtime_arguments(t)
     t.add_argument("--config", default=None, help="JSON file of TrainConfig options (overrides the flags)")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    start_runtime(args)
     from lib.labelsets import load_label_set
     from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
                               run_training, split_datalist)

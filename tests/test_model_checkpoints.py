@@ -136,3 +136,28 @@ def test_bad_own_checkpoints_fail_clearly(tmp_path, sam_vit_b_checkpoint, shared
     torch.save({"format": "something-else"}, other)
     with pytest.raises(CheckpointError, match="not a RefSAM3D checkpoint"):
         load_checkpoint(other)
+
+
+def test_checkpoints_from_other_code_versions_fail_with_a_version_message(tmp_path, shared_tiny_text):
+    from lib.model import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+    from lib.model.checkpoint import ARCH_VERSION
+
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16, depth=2, stage_indexes=[0, 1])
+    path = save_checkpoint(m, tmp_path / "current.pt")
+    payload = read_checkpoint(path)
+    assert payload["arch_version"] == ARCH_VERSION
+    newer = tmp_path / "newer.pt"
+    torch.save({**payload, "arch_version": ARCH_VERSION + 1}, newer)
+    with pytest.raises(CheckpointError, match=rf"architecture version {ARCH_VERSION + 1}, this code has version {ARCH_VERSION}"):
+        load_checkpoint(newer, text_encoder=shared_tiny_text)
+    # an untagged file (written before versions existed) whose tensors were renamed since
+    untagged = {k: v for k, v in payload.items() if k != "arch_version"}
+    untagged["state_dict"] = {k.replace("mask_decoder.", "old_decoder."): v for k, v in payload["state_dict"].items()}
+    old = tmp_path / "old.pt"
+    torch.save(untagged, old)
+    with pytest.raises(CheckpointError, match="older RefSAM3D code version"):
+        load_checkpoint(old, text_encoder=shared_tiny_text)
+    # an untagged file that still fits loads
+    fits = tmp_path / "fits.pt"
+    torch.save({k: v for k, v in payload.items() if k != "arch_version"}, fits)
+    assert load_checkpoint(fits, text_encoder=shared_tiny_text).config == m.config

@@ -2,7 +2,8 @@
 
 Prompts, in this order of precedence:
 
-* ``text_prompt`` (free text): one mask, value 1, named by the prompt;
+* ``text_prompt`` (free text): one mask, value 1, named by the prompt; a prompt that is exactly a label
+  name of the set (any case) goes through that label's trained prompt (the response's ``prompts`` shows it);
 * ``label_prompt`` (label indices or names of the label set, as OHIF's class-prompt tab sends them):
   those labels with their own indices, each through the label set's text prompt;
 * neither: every label of the set, one multi-label map (automatic segmentation).
@@ -176,7 +177,11 @@ class RefSAM3DInfer(BasicInferTask):
                 raise BadInputError(
                     f"text_prompt is {len(stripped)} characters long; at most {self.max_prompt_chars} are allowed"
                 )
-            return "text", [(stripped, 1, stripped)]
+            try:  # a label name of the set: use the prompt the model was trained with for it
+                model_text = self.label_set.prompts[self.label_set.name_of(self.label_set.index_of(stripped))]
+            except KeyError:
+                model_text = stripped
+            return "text", [(stripped, 1, model_text)]
 
         raw = request.get("label_prompt")
         items = self._label_prompt_items(raw)

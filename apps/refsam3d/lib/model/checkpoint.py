@@ -1,6 +1,8 @@
 """Save / load OUR trained RefSAM3D weights (not SAM's; see ``sam_checkpoint.py`` for those).
 
-A checkpoint is a ``torch.save`` dict: ``format`` tag, ``config`` (rebuilds the architecture),
+A checkpoint is a ``torch.save`` dict: ``format`` tag, ``arch_version`` (bumped whenever a code change
+renames or reshapes stored tensors, so an old file fails with a version message, not a key error),
+``config`` (rebuilds the architecture),
 ``sam_initialised``, ``state_dict`` (trainable and other non-frozen tensors only: neither SAM's frozen
 encoder tensors nor the text encoder), and ``extra`` (label names, epoch, metrics; plain
 Python/tensor values). Writes are atomic (temporary file + ``os.replace``).
@@ -20,6 +22,9 @@ from .refsam3d import RefSAM3D
 from .text_encoder import TextEncoder
 
 FORMAT = "refsam3d-checkpoint/v1"
+# 1: first network; 2: 3D pixel decoder with 8 full-resolution channels (commit 98b9e4f). Bump on any change
+# to the stored tensors' names or shapes.
+ARCH_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -36,7 +41,7 @@ def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dic
     path.parent.mkdir(parents=True, exist_ok=True)
     skip = model.frozen_state_keys() if model.sam_initialised else {k for k in model.state_dict() if k.startswith("text_encoder.")}
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if k not in skip}
-    payload = {"format": FORMAT, "config": dict(model.config), "sam_initialised": bool(model.sam_initialised),
+    payload = {"format": FORMAT, "arch_version": ARCH_VERSION, "config": dict(model.config), "sam_initialised": bool(model.sam_initialised),
                "state_dict": state, "extra": dict(extra or {})}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -70,7 +75,19 @@ def read_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     for key in ("config", "state_dict"):
         if not isinstance(payload.get(key), dict):
             raise CheckpointError(f"{str(path)!r} is a damaged RefSAM3D checkpoint: no {key!r}")
+    version = payload.get("arch_version")
+    if version is not None and version != ARCH_VERSION:
+        raise CheckpointError(f"{str(path)!r} was written by RefSAM3D code with architecture version {version}, this "
+                              f"code has version {ARCH_VERSION}: the stored tensors do not fit. Use the matching code "
+                              "version, or train again (POST /train/refsam3d or scripts/train.py)")
     return payload
+
+
+def _version_hint(payload: dict[str, Any]) -> str:
+    if payload.get("arch_version") is None:
+        return (" It stores no architecture version, so it was probably written by an older RefSAM3D code version:"
+                " train again (POST /train/refsam3d or scripts/train.py)")
+    return ""
 
 
 def load_checkpoint(
@@ -93,18 +110,25 @@ def load_checkpoint(
     if payload.get("sam_initialised") and sam_checkpoint is None and require_sam:
         raise CheckpointError(f"{str(path)!r} was trained on the frozen SAM ViT-B encoder, which it does not contain: "
                               "pass sam_checkpoint='.../sam_vit_b_01ec64.pth'")
-    model = build_refsam3d(preset, sam_checkpoint, text_encoder if text_encoder is not None else stored_text, **cfg)
+    try:
+        model = build_refsam3d(preset, sam_checkpoint, text_encoder if text_encoder is not None else stored_text, **cfg)
+    except TypeError as err:  # a config key this code does not know
+        raise CheckpointError(f"{str(path)!r} has a model config this code cannot build ({err})."
+                              + _version_hint(payload)) from None
     state = payload["state_dict"]
     own = model.state_dict()
     bad = [f"{k}: stored {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
     if bad:
-        raise CheckpointError(f"{str(path)!r} does not fit the rebuilt model (different text encoder width?): {bad[:3]}")
+        raise CheckpointError(f"{str(path)!r} does not fit the rebuilt model (different text encoder width?): {bad[:3]}."
+                              + _version_hint(payload))
     result = model.load_state_dict(state, strict=False)
     if result.unexpected_keys:
-        raise CheckpointError(f"{str(path)!r} has tensors the model does not have: {result.unexpected_keys[:5]}")
+        raise CheckpointError(f"{str(path)!r} has tensors the model does not have: {result.unexpected_keys[:5]}."
+                              + _version_hint(payload))
     allowed_missing = model.frozen_state_keys() if payload.get("sam_initialised") else {k for k in own if k.startswith("text_encoder.")}
     incomplete = sorted(set(result.missing_keys) - allowed_missing)
     if incomplete:
-        raise CheckpointError(f"{str(path)!r} is incomplete: {len(incomplete)} tensors missing, e.g. {incomplete[:5]}")
+        raise CheckpointError(f"{str(path)!r} is incomplete: {len(incomplete)} tensors missing, e.g. {incomplete[:5]}."
+                              + _version_hint(payload))
     model.checkpoint_extra = payload.get("extra", {})  # type: ignore[attr-defined]
     return model.to(map_location)

@@ -24,6 +24,22 @@ def resolve_text_encoder(name: str | None) -> str | None:
     return str(name)
 
 
+def portable_text_encoder(stored: str | None) -> str | None:
+    """The text encoder to load a checkpoint with when none is asked for: the local offline MiniLM for a file
+    that stored MiniLM (by name, or by its package folder on another machine); None = the stored one."""
+    from lib.model_store import MINILM_ALIASES
+
+    if not stored:
+        return None
+    text = str(stored)
+    squashed = text.lower().replace("-", "").replace("_", "")
+    if text.lower() in MINILM_ALIASES or (not Path(text).exists() and "allminilml6v2" in squashed):
+        folder = resolve_text_encoder("minilm")
+        logger.info(f"Checkpoint text encoder {text!r} -> the offline all-MiniLM-L6-v2 at {folder}")
+        return folder
+    return None
+
+
 def build_model(preset: str, text_encoder: str | None = "minilm", sam_checkpoint: str | None = None,
                 init: str | None = None, seed: int = 0, **overrides):
     """A fresh RefSAM3D (seeded) or, with ``init`` = a checkpoint path, the model stored there."""
