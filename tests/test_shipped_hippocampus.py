@@ -102,7 +102,7 @@ def test_server_label_map_of_all_labels(server, hippocampus_dir):
     assert np.mean(dice) >= MIN_MEAN_DICE - 0.05, dice
 
 
-def test_hippocampus_sample_studies_are_held_out_cases(tmp_path):
+def test_hippocampus_sample_studies_are_held_out_cases(tmp_path, hippocampus_dir):  # reads ../shared (no download)
     dest = tmp_path / "studies"
     run = subprocess.run([sys.executable, str(REPO_ROOT / "sample-data" / "get_sample_data.py"), "--hippocampus",
                           "--offline", "--cases", "3", "--dest", str(dest)], capture_output=True, text=True, timeout=120)

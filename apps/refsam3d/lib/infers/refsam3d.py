@@ -177,11 +177,9 @@ class RefSAM3DInfer(BasicInferTask):
                 raise BadInputError(
                     f"text_prompt is {len(stripped)} characters long; at most {self.max_prompt_chars} are allowed"
                 )
-            try:  # a label name of the set: use the prompt the model was trained with for it
-                model_text = self.label_set.prompts[self.label_set.name_of(self.label_set.index_of(stripped))]
-            except KeyError:
-                model_text = stripped
-            return "text", [(stripped, 1, model_text)]
+            # a label name of the set goes through the prompt the model was trained with for it
+            trained = {name.lower(): prompt for name, prompt in self.label_set.prompts.items()}
+            return "text", [(stripped, 1, trained.get(stripped.lower(), stripped))]
 
         raw = request.get("label_prompt")
         items = self._label_prompt_items(raw)
