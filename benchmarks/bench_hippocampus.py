@@ -12,9 +12,12 @@ test split the training never sees (model selection uses a separate validation s
   lr 1e-2, Dice + CE with softmax).  No deep supervision (same loop as RefSAM3D).
 
 It also checks that the text routes: with the two prompts swapped, Dice against the other label.
+Both models are evaluated with nnU-Net's mirroring test-time augmentation over the training flips
+(left-right; ``--mirror-axes none`` for one pass).
 
     .venv/bin/python benchmarks/bench_hippocampus.py --minutes 60        # the documented run (~2 h 10 min)
     .venv/bin/python benchmarks/bench_hippocampus.py --minutes 2         # smoke run
+    .venv/bin/python benchmarks/bench_hippocampus.py --reuse refsam3d,baseline   # evaluate the last run's weights again
 
 Writes ``benchmarks/results/hippocampus.{md,json,png}`` (+ the split, per-model evaluations) and the
 checkpoints into ``model/benchmarks/`` (the RefSAM3D one is servable as ``model/refsam3d_small.pt``).
@@ -89,11 +92,12 @@ def build_dynunet(num_classes: int):
     )
 
 
-def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
+def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25, mirror_axes=()):
     import torch
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
 
+    from lib.inference import mirror_averaged
     from lib.training import SegmentationAdapter, resolve_device
 
     class MultiClassAdapter(SegmentationAdapter):
@@ -104,6 +108,7 @@ def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
             self.model = build_dynunet(len(self.entries) + 1)
             self.roi_size = tuple(roi_size)
             self.overlap = overlap
+            self.mirror_axes = tuple(mirror_axes)
             self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
             self.to(resolve_device(device))
 
@@ -125,10 +130,13 @@ def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
             return self.loss_fn(logits.float(), self._channels(label)), {}
 
         def segment(self, image):
+            def predict(x):  # softmax probabilities [1, 1 + K, D, H, W]
+                return torch.softmax(sliding_window_inference(x.to(self.device), self.roi_size, 1, self.model,
+                                                              overlap=self.overlap, mode="gaussian"), dim=1)
+
             with torch.no_grad():
-                logits = sliding_window_inference(image.to(self.device), self.roi_size, 1, self.model,
-                                                  overlap=self.overlap, mode="gaussian")
-            cls = logits[0].argmax(0).cpu()
+                probs = mirror_averaged(predict, image, self.mirror_axes)
+            cls = probs[0].argmax(0).cpu()
             return torch.stack([cls == k for k in range(1, len(self.entries) + 1)], dim=0)
 
         def save(self, path, extra=None):
@@ -189,7 +197,8 @@ def table(rows: Sequence[dict], labels: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra):
+def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra, train=True):
+    """Train (or, ``train=False``, reuse the checkpoint + train_stats of an earlier run), then evaluate on the test split."""
     import torch
 
     from lib.evaluation import evaluate, write_reports
@@ -201,21 +210,30 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
                                     **({"learning_rate": args.lr} if args.lr and name.startswith("RefSAM3D") else {})})
     logger.info(f"=== {name}: {minutes} min budget, {len(split['train'])} train / {len(split['val'])} val cases; "
                 f"{adapter.describe()}")
-    t0 = time.time()
-    stats = run_training(
-        adapter, split["train"], split["val"], cfg, modality=label_set.modality,
-        target_spacing=label_set.target_spacing, crop_size=cfg.crop_size, publish_path=ckpt_path,
-        stats_path=out_dir / f"{ckpt_path.stem}.train_stats.json", events_dir=ckpt_path.parent / "events" / ckpt_path.stem,
-        checkpoint_extra=extra, progress=not args.no_progress,
-    )
-    train_s = time.time() - t0
+    stats_path = out_dir / f"{ckpt_path.stem}.train_stats.json"
+    if train:
+        t0 = time.time()
+        stats = run_training(
+            adapter, split["train"], split["val"], cfg, modality=label_set.modality,
+            target_spacing=label_set.target_spacing, crop_size=cfg.crop_size, publish_path=ckpt_path,
+            stats_path=stats_path, events_dir=ckpt_path.parent / "events" / ckpt_path.stem,
+            checkpoint_extra=extra, progress=not args.no_progress,
+        )
+        train_s = time.time() - t0
+    else:
+        if not (ckpt_path.is_file() and stats_path.is_file()):
+            raise SystemExit(f"--reuse {name}: needs {ckpt_path} and {stats_path} from an earlier run")
+        stats = json.loads(stats_path.read_text())
+        train_s = float(stats.get("elapsed_s") or 0.0)
+        logger.info(f"reusing {ckpt_path} (training run {stats.get('run_id')}, {train_s / 60:.1f} min)")
     # evaluate the published (best) weights on the held-out test cases
     if name.startswith("RefSAM3D"):
         from lib.model import load_checkpoint
         from lib.training import PromptModelAdapter
 
         best = load_checkpoint(str(ckpt_path), text_encoder=adapter.model.text_encoder)
-        evaluator = PromptModelAdapter(best, adapter.entries, cfg, roi_size=adapter.roi_size, device=cfg.device)
+        evaluator = PromptModelAdapter(best, adapter.entries, cfg, roi_size=adapter.roi_size, device=cfg.device,
+                                       mirror_axes=adapter.mirror_axes)
     else:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         adapter.model.load_state_dict(state["state_dict"])
@@ -224,12 +242,14 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     ev = evaluate(evaluator, split["test"], [e.name for e in adapter.entries], [e.index for e in adapter.entries],
                   label_set.modality, label_set.target_spacing, nsd_tolerance=args.nsd_tolerance,
                   cross_prompts=name.startswith("RefSAM3D"), progress=not args.no_progress,
-                  description=f"evaluate {name}", info={"model": name, "checkpoint": str(ckpt_path)})
+                  description=f"evaluate {name}", info={"model": name, "checkpoint": str(ckpt_path)},
+                  largest_component=args.largest_component)
     write_reports(ev, out_dir, stem=f"hippocampus_{ckpt_path.stem}", title=f"{name} on MSD hippocampus (test split)")
     desc = adapter.describe()
     its = int(stats.get("iteration") or 0)
     return {
         "name": name, "checkpoint": str(ckpt_path), "recipe": cfg.to_dict(), "iterations": its,
+        "training_run": stats.get("run_id"), "reused": not train, "mirror_axes": list(adapter.mirror_axes),
         "epochs": stats.get("epoch"), "train_minutes": train_s / 60.0,
         "seconds_per_iteration": (1.0 / stats["iterations_per_s"]) if stats.get("iterations_per_s") else None,
         "best_val_mean_dice": stats.get("best_metric"), "best_epoch": stats.get("best_metric_epoch"),
@@ -244,6 +264,11 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget per model")
     p.add_argument("--models", default="refsam3d,baseline", help="comma-separated: refsam3d, baseline")
+    p.add_argument("--reuse", default="", help="comma-separated models not to train again: evaluate the checkpoint and "
+                                                "train_stats an earlier run left in --checkpoint-dir / --out")
+    p.add_argument("--mirror-axes", default="train",
+                   help="test-time mirroring for both models (nnU-Net's default): 'train' = the training flips "
+                        "(left-right), 'none', or axes like '0,1'")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held-out test split (never trained on)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="of the rest: validation for model selection")
     p.add_argument("--max-cases", type=int, default=0, help="use only N cases (quick checks)")
@@ -251,6 +276,8 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=None, help="override RefSAM3D's learning rate")
     p.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU for both models")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--largest-component", action="store_true",
+                   help="post-process both models: keep each label's largest connected piece")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="mm")
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--model-overrides", default="{}",
@@ -289,6 +316,11 @@ def main(argv=None) -> int:
                 f"-> {out_dir / 'hippocampus_split.json'}")
 
     wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
+    reuse = {m.strip().lower() for m in args.reuse.split(",") if m.strip()}
+    text = args.mirror_axes.strip().lower()
+    mirror = {"train": tuple(REFSAM_RECIPE["flip_axes"]), "none": (), "": ()}.get(text)
+    if mirror is None:
+        mirror = tuple(int(a) for a in text.split(","))
     rows = []
     t_all = time.time()
     if "refsam3d" in wanted:
@@ -296,16 +328,17 @@ def main(argv=None) -> int:
         model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
         roi = tuple(label_set.roi_size("small"))
         adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(REFSAM_RECIPE), roi_size=roi,
-                                     device=args.device, seed=args.seed)
+                                     device=args.device, seed=args.seed, mirror_axes=mirror)
         extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
                                  split_file=str(out_dir / "hippocampus_split.json"), model_overrides=overrides)
         rows.append(run_one("RefSAM3D small", adapter, REFSAM_RECIPE, split, label_set, args.minutes, args, out_dir,
-                            ckpt_dir / "refsam3d_small_hippocampus.pt", extra))
+                            ckpt_dir / "refsam3d_small_hippocampus.pt", extra, train="refsam3d" not in reuse))
     if "baseline" in wanted:
         torch.manual_seed(args.seed)
-        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device)
+        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device, mirror_axes=mirror)
         rows.append(run_one("DynUNet (nnU-Net-like)", adapter, BASELINE_RECIPE, split, label_set, args.minutes, args,
-                            out_dir, ckpt_dir / "dynunet_hippocampus.pt", {"label_set_name": label_set.name}))
+                            out_dir, ckpt_dir / "dynunet_hippocampus.pt", {"label_set_name": label_set.name},
+                            train="baseline" not in reuse))
 
     md = table(rows, labels)
     ref = next((r for r in rows if r["name"].startswith("RefSAM3D")), None)
@@ -341,7 +374,13 @@ def main(argv=None) -> int:
         f"{args.minutes} min training per model (validation included)",
         f"- split (seed {args.seed}): {len(split['train'])} train, {len(split['val'])} validation (model selection), "
         f"{len(split['test'])} held-out test cases (`hippocampus_split.json`)",
-        f"- test metrics on whole volumes (sliding window); NSD tolerance {args.nsd_tolerance} mm", "",
+        f"- test metrics on whole volumes (sliding window"
+        + (f", mirroring test-time augmentation over axes {list(mirror)}" if mirror else "")
+        + (", largest connected component per label" if args.largest_component else "")
+        + f"); NSD tolerance {args.nsd_tolerance} mm",
+        *[f"- {r['name']}: weights and training statistics reused from training run {r['training_run']}"
+          for r in rows if r.get("reused")],
+        "",
         md, "", "Verdict: " + "; ".join(verdict) if verdict else "", "",
     ]
     if ref and ref["evaluation"].get("routing"):

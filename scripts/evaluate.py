@@ -36,11 +36,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, help="sliding-window size (default: checkpoint / label set)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--mirror-axes", default="",
+                   help="test-time augmentation (nnU-Net's mirroring): average over flips of these spatial axes, "
+                        "e.g. '0' = left-right, the flip the training augments with (default: none, one pass)")
+    p.add_argument("--largest-component", action="store_true",
+                   help="keep only the largest connected piece of each label's mask (nnU-Net's post-processing)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD boundary tolerance in mm")
     p.add_argument("--no-cross-prompts", action="store_true", help="skip the swapped-prompt (routing) Dice")
     p.add_argument("--out", default="results/evaluation")
     add_runtime_arguments(p)
     return p
+
+
+def parse_axes(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2); '' or 'none' -> ()."""
+    text = (text or "").strip().lower()
+    return () if text in ("", "none") else tuple(int(a) for a in text.replace(" ", "").split(","))
 
 
 def main(argv=None) -> int:
@@ -65,7 +76,7 @@ def main(argv=None) -> int:
     model = load_checkpoint(args.checkpoint, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
     entries = entries_from_label_set(label_set, parse_labels(args.labels))
     seg = PromptModelAdapter(model, entries, TrainConfig(), roi_size=roi, overlap=args.overlap,
-                             device=args.device, threshold=args.threshold)
+                             device=args.device, threshold=args.threshold, mirror_axes=parse_axes(args.mirror_axes))
     seg.model.eval()
 
     datalist = msd_datalist(args.data)
@@ -79,8 +90,9 @@ def main(argv=None) -> int:
         progress=not args.no_progress, description="evaluate",
         info={"checkpoint": str(Path(args.checkpoint).resolve()), "label_set": label_set.name, "preset": preset,
               "roi_size": list(roi), "overlap": args.overlap, "threshold": args.threshold,
+              "mirror_axes": list(seg.mirror_axes),
               "data": str(Path(args.data).resolve()), "split_file": args.split_file, "part": args.part},
-        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
+        ct_window=label_set.ct_window if label_set.modality == "CT" else None, largest_component=args.largest_component,
     )
     paths = write_reports(result, args.out, title=f"RefSAM3D {preset} on {Path(args.data).name} "
                                                   f"({result['num_cases']} cases)")

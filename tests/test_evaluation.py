@@ -117,3 +117,34 @@ def test_evaluate_writes_json_csv_png(hippocampus_dir, tmp_path):
     assert len(rows) == 2 * 2 + 2  # per case and label + one mean row per label
     assert {r["case"] for r in rows} == {datalist[0]["id"], datalist[1]["id"], "MEAN"}
     assert open(paths["png"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mirror_averaged_is_the_mean_over_flips_flipped_back():
+    from lib.inference import mirror_averaged
+
+    image = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 1, 2, 3, 4)
+
+    def predict(x):  # not flip-equivariant: depends on position along axis 1 (tensor dim 3)
+        return x.cumsum(dim=3)
+
+    torch.testing.assert_close(mirror_averaged(predict, image, ()), predict(image))
+    expected = (predict(image) + predict(image.flip(3)).flip(3)) / 2
+    torch.testing.assert_close(mirror_averaged(predict, image, [1]), expected)
+    both = mirror_averaged(predict, image, [0, 1])
+    flips = [[], [2], [3], [2, 3]]
+    manual = sum(predict(image.flip(d)).flip(d) if d else predict(image) for d in flips) / 4
+    torch.testing.assert_close(both, manual)
+    with pytest.raises(ValueError, match="spatial axes"):
+        mirror_averaged(predict, image, [3])
+
+
+def test_keep_largest_removes_islands_per_label():
+    from lib.evaluation import keep_largest
+
+    masks = torch.zeros(2, 10, 10, 10, dtype=torch.bool)
+    masks[0] = _cube(lo=(1, 1, 1), size=4)
+    masks[0, 8, 8, 8] = True  # an island of label 0
+    masks[1, 7:9, 0:2, 0:2] = True  # label 1: one piece, smaller than label 0's: kept
+    out = keep_largest(masks)
+    assert out.dtype == torch.bool and out.shape == masks.shape
+    assert torch.equal(out[0], _cube(lo=(1, 1, 1), size=4)) and torch.equal(out[1], masks[1])

@@ -164,3 +164,19 @@ def test_train_mode_keeps_text_encoder_in_eval(small):
         assert small.image_encoder.training and not small.text_encoder.training and not small.text_encoder.model.training
     finally:
         small.eval()
+
+
+def test_image_skips_feed_the_decoder_at_full_and_half_resolution(shared_tiny_text):
+    """``image_skip_channels`` (small's default [8, 16]): conv features of the image join the decoder at full and
+    1/2 resolution; without them (the paper, vit_b) the image joins only the last conv."""
+    plain = quiet_build("small", text_encoder=shared_tiny_text, image_skip_channels=[])
+    skips = quiet_build("small", text_encoder=shared_tiny_text)
+    assert skips.config["image_skip_channels"] == [8, 16] and len(skips.pixel_decoder.image_stem) == 2
+    assert sorted(skips.pixel_decoder.image_fuse) == ["2", "3"]  # levels 2 (1/2 res) and 3 (full res) of 3
+    assert len(plain.pixel_decoder.image_stem) == 0
+    x = torch.rand(1, 1, 16, 24, 16, requires_grad=True)
+    y = skips.train()(x, PROMPTS)
+    assert y.shape == (1, len(PROMPTS), 16, 24, 16)
+    y.sum().backward()
+    stem = skips.pixel_decoder.image_stem[0].conv1.conv.weight
+    assert stem.grad is not None and stem.grad.abs().sum() > 0  # the stem is trained

@@ -161,3 +161,20 @@ def test_checkpoints_from_other_code_versions_fail_with_a_version_message(tmp_pa
     fits = tmp_path / "fits.pt"
     torch.save({k: v for k, v in payload.items() if k != "arch_version"}, fits)
     assert load_checkpoint(fits, text_encoder=shared_tiny_text).config == m.config
+
+
+def test_checkpoint_without_later_options_loads_as_built(tmp_path, shared_tiny_text):
+    """A file written before ``image_skip_channels`` existed (no key in its config) rebuilds without image skips."""
+    from lib.model import load_checkpoint, read_checkpoint, save_checkpoint
+
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16, depth=2, stage_indexes=[0, 1],
+                    image_skip_channels=[]).eval()
+    payload = read_checkpoint(save_checkpoint(m, tmp_path / "plain.pt"))
+    payload["config"].pop("image_skip_channels")
+    old = tmp_path / "before_option.pt"
+    torch.save(payload, old)
+    m2 = load_checkpoint(old, text_encoder=shared_tiny_text).eval()
+    assert m2.config["image_skip_channels"] == [] and len(m2.pixel_decoder.image_stem) == 0
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(m2(x, ["liver"]), m(x, ["liver"]))

@@ -113,6 +113,14 @@ def probs_to_masks(probs: torch.Tensor, threshold: float = 0.5, exclusive: bool 
 
 
 # ----------------------------------------------------------------------------------------------- aggregation
+def keep_largest(masks: torch.Tensor) -> torch.Tensor:
+    """``[K, D, H, W]`` bool -> the same with only the largest connected component of every channel."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    keep = KeepLargestConnectedComponent(applied_labels=list(range(masks.shape[0])), is_onehot=True, independent=True)
+    return torch.as_tensor(keep(masks.to(torch.uint8))).bool()
+
+
 def _finite(values: Sequence[float]) -> list[float]:
     return [v for v in values if v is not None and math.isfinite(v)]
 
@@ -181,8 +189,12 @@ def evaluate(
     info: dict | None = None,
     log_every_s: float = 30.0,
     ct_window: Sequence[float] | None = None,
+    largest_component: bool = False,
 ) -> dict:
     """Run ``segmenter`` on every case and compute the metrics.
+
+    ``largest_component``: keep only the largest connected piece of each label's mask (MONAI's
+    ``KeepLargestConnectedComponent``, nnU-Net's post-processing) before scoring.
 
     ``segmenter.segment(image)`` returns ``[K, *spatial]`` masks in ``label_names`` order. With
     ``cross_prompts`` and a ``segmenter.segment_each(image)`` method (every prompt thresholded on
@@ -217,6 +229,8 @@ def evaluate(
             else:
                 pred = segmenter.segment(image)
         pred = pred.to("cpu").bool()
+        if largest_component:
+            pred = keep_largest(pred)
         m = case_metrics(pred, gt, spacing=target_spacing, nsd_tolerance=nsd_tolerance)
         rec = {"id": item.get("id") or Path(item["image"]).name, "image": str(item["image"]),
                "labels": {n: {k: m[k][i] for k in m} for i, n in enumerate(label_names)}}
@@ -243,6 +257,7 @@ def evaluate(
         bar.close()
     result = {
         "info": dict(info or {}),
+        "largest_component": bool(largest_component),
         "labels": list(label_names),
         "nsd_tolerance_mm": float(nsd_tolerance),
         "spacing_mm": [float(s) for s in target_spacing],

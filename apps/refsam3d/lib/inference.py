@@ -14,7 +14,8 @@ copy, so a first and a repeated request give identical masks.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Hashable, MutableMapping, Optional, Sequence, Tuple
+import itertools
+from typing import Any, Callable, Dict, Hashable, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -140,6 +141,24 @@ def sliding_window_segment(
             with_coord=True,
         )
     return probs.clamp_(0.0, 1.0)
+
+
+def mirror_averaged(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                    axes: Sequence[int] = ()) -> torch.Tensor:
+    """nnU-Net's mirroring test-time augmentation: the mean of ``predict`` over every combination of
+    flips of the spatial ``axes`` (0, 1, 2 of ``[B, C, D, H, W]``), each flipped back; ``axes=()`` is one
+    plain pass. ``2 ** len(axes)`` passes; use the flips the model was trained with."""
+    axes = sorted({int(a) for a in axes})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
+    total: Optional[torch.Tensor] = None
+    combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+    for combo in combos:
+        dims = [2 + a for a in combo]  # spatial axis -> tensor dim of [B, C, D, H, W]
+        out = predict(image.flip(dims)).flip(dims) if dims else predict(image)
+        total = out if total is None else total + out
+    assert total is not None
+    return total / len(combos)
 
 
 def segment_prompts(

@@ -38,6 +38,7 @@ _VIT_B: dict[str, Any] = dict(
     decoder_channels=[128, 64, 32, 8],  # one per x2 upsampling: log2(16) = 4; 8 at full resolution (CPU cost)
     mask_dim=16,
     final_kernel=3,
+    image_skip_channels=[],  # the paper: the image joins only the last conv (see PixelDecoder3D)
     transformer_depth=2,
     transformer_heads=8,
     transformer_mlp_dim=2048,
@@ -62,6 +63,7 @@ _SMALL: dict[str, Any] = dict(
     adapter_dim=32,
     decoder_dim=96,
     decoder_channels=[48, 24, 12],
+    image_skip_channels=[8, 16],  # UNETR-style conv skips from the image at full and 1/2 resolution
     mask_dim=16,
     transformer_heads=4,
     transformer_mlp_dim=384,

@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.blocks import UnetResBlock
 
 from .common import MLP, LayerNorm3d, PatchConvTranspose3d
 from .transformer import TwoWayTransformer
@@ -47,7 +48,7 @@ class PixelDecoder3D(nn.Module):
     """Prompt-independent U-shaped upsampling path: stage features (token grid) + image -> ``M``."""
 
     def __init__(self, dim: int, patch_size: int, channels: Sequence[int], mask_dim: int, num_stages: int = 4,
-                 in_chans: int = 1, final_kernel: int = 3) -> None:
+                 in_chans: int = 1, final_kernel: int = 3, image_skip_channels: Sequence[int] = ()) -> None:
         super().__init__()
         n_up = int(round(math.log2(patch_size)))
         if 2**n_up != patch_size:
@@ -73,9 +74,22 @@ class PixelDecoder3D(nn.Module):
         self.convs = nn.ModuleList(nn.Conv3d(chans[j], chans[j], 3, padding=1) for j in range(1, n_up - 1))
         self.act = nn.GELU()
         self.final = nn.Conv3d(chans[-1] + in_chans, mask_dim, final_kernel, padding=final_kernel // 2)
+        # optional UNETR-style conv skips from the image (empty = the paper: the image joins only the last conv):
+        # stem[r] works at 1/2^r resolution and is fused (concat + residual conv block) into decoder level n_up - r
+        skip = list(image_skip_channels)[:n_up]
+        self.image_stem = nn.ModuleList(
+            UnetResBlock(3, ([in_chans] + skip)[r], c, kernel_size=3, stride=1 if r == 0 else 2, norm_name="instance")
+            for r, c in enumerate(skip))
+        self.image_fuse = nn.ModuleDict({
+            str(n_up - r): UnetResBlock(3, chans[n_up - r] + c + (in_chans if r == 0 else 0), chans[n_up - r],
+                                        kernel_size=3, stride=1, norm_name="instance")
+            for r, c in enumerate(skip)})
 
     def forward(self, stages: Sequence[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
         """stages: N x ``[B, C, d, h, w]``; image ``[B, 1, D, H, W]`` (``D = d * patch``) -> ``M [B, Cm, D, H, W]``."""
+        image_skips = []  # [B, s_r, D / 2^r, ...] per stem level r
+        for block in self.image_stem:
+            image_skips.append(block(image_skips[-1] if image_skips else image.to(self.final.weight.dtype)))
         x = self.base(torch.cat([stages[-1], *[stages[s] for s in self.base_stages]], dim=1))  # [B, C, d, h, w]
         for j in range(1, self.n_up):
             x = self.ups[j - 1](x)  # x2 per axis: [B, c_{j-1}, ...] -> [B, c_j, 2x ...]
@@ -84,10 +98,15 @@ class PixelDecoder3D(nn.Module):
             x = self.act(self.norms[j - 1](x))
             if j <= len(self.convs):
                 x = x + self.act(self.convs[j - 1](x))
+            if str(j) in self.image_fuse:  # [B, c_j + s_r, ...] -> [B, c_j, ...]
+                x = self.image_fuse[str(j)](torch.cat([x, image_skips[self.n_up - j].to(x.dtype)], dim=1))
         # last x2 to full resolution, the image appended as a channel in the same pass: [B, c_n + 1, D, H, W]
         x = self.ups[-1](x, extra=image.to(x.dtype))
         if self.n_up in self.level_stage:  # only when patch_size == 2
             x = x + torch.cat([self.skips[str(self.n_up)](stages[self.level_stage[self.n_up]]), torch.zeros_like(image)], 1)
+        if image_skips:  # [B, c_n + 1 + s_0, D, H, W] -> [B, c_n, ...], then the image again for the last conv
+            x = self.image_fuse[str(self.n_up)](torch.cat([x, image_skips[0].to(x.dtype)], dim=1))
+            x = torch.cat([x, image.to(x.dtype)], dim=1)
         return self.act(self.final(x))  # the last conv over [mask features, image] -> M [B, Cm, D, H, W]
 
 

@@ -82,7 +82,8 @@ class RefSAM3D(nn.Module):
         self.text_projector = CrossModalProjector(text_encoder.hidden_size, c["decoder_dim"], c["projector_hidden_dim"])
         self.cross_attention = HierarchicalCrossAttention(c["decoder_dim"], n_stages, c["cross_attn_heads"])
         self.pixel_decoder = PixelDecoder3D(c["decoder_dim"], c["patch_size"], c["decoder_channels"], c["mask_dim"],
-                                            n_stages, in_chans=1, final_kernel=c["final_kernel"])
+                                            n_stages, in_chans=1, final_kernel=c["final_kernel"],
+                                            image_skip_channels=c["image_skip_channels"])
         self.mask_decoder = MaskDecoder3D(c["decoder_dim"], c["mask_dim"], c["transformer_depth"], c["transformer_heads"],
                                           c["transformer_mlp_dim"])
         self.apply_freezing()

@@ -66,7 +66,7 @@ class PromptModelAdapter(SegmentationAdapter):
 
     def __init__(self, model: torch.nn.Module, entries: Sequence[LabelEntry], cfg: TrainConfig,
                  roi_size: Sequence[int], overlap: float = 0.25, device: str | torch.device = "auto",
-                 threshold: float = 0.5, seed: int = 0):
+                 threshold: float = 0.5, seed: int = 0, mirror_axes: Sequence[int] = ()):
         self.model = model
         self.entries = list(entries)
         if not self.entries:
@@ -75,6 +75,7 @@ class PromptModelAdapter(SegmentationAdapter):
         self.roi_size = tuple(int(r) for r in roi_size)
         self.overlap = float(overlap)
         self.threshold = float(threshold)
+        self.mirror_axes = tuple(mirror_axes)  # test-time flips averaged by predict_probs (none: one pass)
         self.loss_fn = PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
         self.rng = random.Random(seed)
         self.to(resolve_device(device))
@@ -97,11 +98,13 @@ class PromptModelAdapter(SegmentationAdapter):
         return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum())}
 
     def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from lib.inference import sliding_window_segment
+        from lib.inference import mirror_averaged, sliding_window_segment
 
-        probs = sliding_window_segment(self.model, image, list(prompts), self.roi_size, overlap=self.overlap,
-                                       sw_batch_size=1, device=self.device)
-        return probs[0].float()
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return sliding_window_segment(self.model, x, list(prompts), self.roi_size, overlap=self.overlap,
+                                          sw_batch_size=1, device=self.device)
+
+        return mirror_averaged(predict, image, self.mirror_axes)[0].float()  # [K, D, H, W]
 
     def segment(self, image):
         from lib.evaluation import probs_to_masks
