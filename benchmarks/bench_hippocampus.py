@@ -92,7 +92,7 @@ def build_dynunet(num_classes: int):
     )
 
 
-def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25, mirror_axes=()):
+def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
     import torch
     from monai.inferers import sliding_window_inference
     from monai.losses import DiceCELoss
@@ -108,7 +108,7 @@ def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25, mirror
             self.model = build_dynunet(len(self.entries) + 1)
             self.roi_size = tuple(roi_size)
             self.overlap = overlap
-            self.mirror_axes = tuple(mirror_axes)
+            self.mirror_axes: tuple[int, ...] = ()  # test-time flips (set for the test evaluation)
             self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
             self.to(resolve_device(device))
 
@@ -197,8 +197,9 @@ def table(rows: Sequence[dict], labels: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra, train=True):
-    """Train (or, ``train=False``, reuse the checkpoint + train_stats of an earlier run), then evaluate on the test split."""
+def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra, mirror=(), train=True):
+    """Train (or, ``train=False``, reuse the checkpoint + train_stats of an earlier run), then evaluate on the test
+    split with test-time mirroring over ``mirror`` (validation during training is one pass, for both models)."""
     import torch
 
     from lib.evaluation import evaluate, write_reports
@@ -233,11 +234,12 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
 
         best = load_checkpoint(str(ckpt_path), text_encoder=adapter.model.text_encoder)
         evaluator = PromptModelAdapter(best, adapter.entries, cfg, roi_size=adapter.roi_size, device=cfg.device,
-                                       mirror_axes=adapter.mirror_axes)
+                                       mirror_axes=mirror)
     else:
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         adapter.model.load_state_dict(state["state_dict"])
         evaluator = adapter
+        evaluator.mirror_axes = tuple(mirror)
     evaluator.model.eval()
     ev = evaluate(evaluator, split["test"], [e.name for e in adapter.entries], [e.index for e in adapter.entries],
                   label_set.modality, label_set.target_spacing, nsd_tolerance=args.nsd_tolerance,
@@ -249,7 +251,7 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     its = int(stats.get("iteration") or 0)
     return {
         "name": name, "checkpoint": str(ckpt_path), "recipe": cfg.to_dict(), "iterations": its,
-        "training_run": stats.get("run_id"), "reused": not train, "mirror_axes": list(adapter.mirror_axes),
+        "training_run": stats.get("run_id"), "reused": not train, "mirror_axes": list(mirror),
         "epochs": stats.get("epoch"), "train_minutes": train_s / 60.0,
         "seconds_per_iteration": (1.0 / stats["iterations_per_s"]) if stats.get("iterations_per_s") else None,
         "best_val_mean_dice": stats.get("best_metric"), "best_epoch": stats.get("best_metric_epoch"),
@@ -295,6 +297,7 @@ def main(argv=None) -> int:
     from lib.evaluation import plot_results
     from lib.labelsets import load_label_set
     from lib.training import PromptModelAdapter, TrainConfig, entries_from_label_set, msd_datalist, save_split
+    from lib.training.config import parse_axes
     from lib.training.runner import build_model, checkpoint_extra
 
     data = Path(args.data)
@@ -317,10 +320,8 @@ def main(argv=None) -> int:
 
     wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     reuse = {m.strip().lower() for m in args.reuse.split(",") if m.strip()}
-    text = args.mirror_axes.strip().lower()
-    mirror = {"train": tuple(REFSAM_RECIPE["flip_axes"]), "none": (), "": ()}.get(text)
-    if mirror is None:
-        mirror = tuple(int(a) for a in text.split(","))
+    mirror = (tuple(REFSAM_RECIPE["flip_axes"]) if args.mirror_axes.strip().lower() == "train"
+              else parse_axes(args.mirror_axes))  # test-time only: validation during training stays one pass
     rows = []
     t_all = time.time()
     if "refsam3d" in wanted:
@@ -328,17 +329,17 @@ def main(argv=None) -> int:
         model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
         roi = tuple(label_set.roi_size("small"))
         adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(REFSAM_RECIPE), roi_size=roi,
-                                     device=args.device, seed=args.seed, mirror_axes=mirror)
+                                     device=args.device, seed=args.seed)
         extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
                                  split_file=str(out_dir / "hippocampus_split.json"), model_overrides=overrides)
         rows.append(run_one("RefSAM3D small", adapter, REFSAM_RECIPE, split, label_set, args.minutes, args, out_dir,
-                            ckpt_dir / "refsam3d_small_hippocampus.pt", extra, train="refsam3d" not in reuse))
+                            ckpt_dir / "refsam3d_small_hippocampus.pt", extra, mirror, train="refsam3d" not in reuse))
     if "baseline" in wanted:
         torch.manual_seed(args.seed)
-        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device, mirror_axes=mirror)
+        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device)
         rows.append(run_one("DynUNet (nnU-Net-like)", adapter, BASELINE_RECIPE, split, label_set, args.minutes, args,
                             out_dir, ckpt_dir / "dynunet_hippocampus.pt", {"label_set_name": label_set.name},
-                            train="baseline" not in reuse))
+                            mirror, train="baseline" not in reuse))
 
     md = table(rows, labels)
     ref = next((r for r in rows if r["name"].startswith("RefSAM3D")), None)

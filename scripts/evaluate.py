@@ -48,12 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_axes(text: str) -> tuple[int, ...]:
-    """'0,2' -> (0, 2); '' or 'none' -> ()."""
-    text = (text or "").strip().lower()
-    return () if text in ("", "none") else tuple(int(a) for a in text.replace(" ", "").split(","))
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start_runtime(args)
@@ -61,7 +55,7 @@ def main(argv=None) -> int:
     from lib.labelsets import load_label_set
     from lib.model import load_checkpoint
     from lib.training import PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist
-    from lib.training.config import parse_labels, parse_size
+    from lib.training.config import parse_axes, parse_labels, parse_size
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
 

@@ -12,6 +12,18 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
+def parse_axes(value: Any) -> tuple[int, ...]:
+    """Spatial axes: ``"0,2"``, ``0``, ``[0, 2]`` -> ``(0, 2)``; ``""``/``"none"``/None -> ``()``."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return () if text in ("", "none") else tuple(int(v) for v in text.split(",") if v.strip())
+    if isinstance(value, (int, float)):
+        return (int(value),)
+    return tuple(int(v) for v in value)
+
+
 def parse_size(value: Any, dims: int = 3) -> tuple[int, ...] | None:
     """``"48"``, ``"48,64,48"``, ``48``, ``[48, 64, 48]`` -> a tuple of ``dims`` ints (None/""/"auto" -> None)."""
     if value is None:
@@ -157,12 +169,7 @@ def _coerce(cls, name: str, value: Any) -> Any:
             return [v.strip() for v in value.split(",") if v.strip()]
         return [str(v) for v in value]
     if name == "flip_axes":
-        if isinstance(value, str):
-            text = value.strip().lower()
-            return tuple() if text in ("", "none") else tuple(int(v) for v in text.split(",") if v.strip())
-        if isinstance(value, (int, float)):
-            return (int(value),)
-        return tuple(int(v) for v in value)
+        return parse_axes(value)
     if ftype in ("bool", bool):
         return parse_bool(value)
     if ftype in ("int", int):
