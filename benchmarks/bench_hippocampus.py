@@ -15,7 +15,7 @@ It also checks that the text routes: with the two prompts swapped, Dice against 
 Both models are evaluated with nnU-Net's mirroring test-time augmentation over the training flips
 (left-right; ``--mirror-axes none`` for one pass).
 
-    .venv/bin/python benchmarks/bench_hippocampus.py --minutes 60        # the documented run (~2 h 10 min)
+    .venv/bin/python benchmarks/bench_hippocampus.py --minutes 60 --amp-cpu --val-fraction 0   # the documented run (~2 h 5 min)
     .venv/bin/python benchmarks/bench_hippocampus.py --minutes 2         # smoke run
     .venv/bin/python benchmarks/bench_hippocampus.py --reuse refsam3d,baseline   # evaluate the last run's weights again
 
