@@ -166,6 +166,12 @@ def make_split(datalist, test_fraction: float, val_fraction: float, seed: int) -
     return {"train": train, "val": val, "test": test}
 
 
+def _repo_relative(path: Path) -> str:
+    """``benchmarks/results/...`` when inside the repository (a checkpoint that ships stays portable), else absolute."""
+    path = path.resolve()
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
+
+
 def _cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -195,6 +201,16 @@ def table(rows: Sequence[dict], labels: Sequence[str]) -> str:
                   _f(ev.get("routing", {}).get("swapped_dice_mean")) if ev.get("routing") else "n/a"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def test_summary(ev: dict, mirror: Sequence[int], args) -> dict:
+    """The headline test numbers of one evaluation, as stored in the checkpoint's ``extra``."""
+    return {"split_part": "test", "num_cases": ev["num_cases"], "mirror_axes": list(mirror),
+            "largest_component": bool(args.largest_component), "nsd_tolerance_mm": args.nsd_tolerance,
+            "mean": dict(ev["mean"]),
+            "per_label": {n: {"dice": v.get("dice_mean"), "nsd": v.get("nsd_mean"), "hd95": v.get("hd95_mean")}
+                          for n, v in ev["per_label"].items()},
+            "swapped_prompt_dice_mean": ev.get("routing", {}).get("swapped_dice_mean")}
 
 
 def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckpt_path, extra, mirror=(), train=True):
@@ -247,6 +263,11 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
                   description=f"evaluate {name}", info={"model": name, "checkpoint": str(ckpt_path)},
                   largest_component=args.largest_component)
     write_reports(ev, out_dir, stem=f"hippocampus_{ckpt_path.stem}", title=f"{name} on MSD hippocampus (test split)")
+    if name.startswith("RefSAM3D"):  # the servable file carries its own test result (checkpoints/README.md)
+        from lib.model import update_checkpoint_extra
+
+        key = "test_evaluation" if mirror else "test_evaluation_single_pass"
+        update_checkpoint_extra(ckpt_path, **{key: test_summary(ev, mirror, args)})
     desc = adapter.describe()
     its = int(stats.get("iteration") or 0)
     return {
@@ -331,7 +352,7 @@ def main(argv=None) -> int:
         adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(REFSAM_RECIPE), roi_size=roi,
                                      device=args.device, seed=args.seed)
         extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
-                                 split_file=str(out_dir / "hippocampus_split.json"), model_overrides=overrides)
+                                 split_file=_repo_relative(out_dir / "hippocampus_split.json"), model_overrides=overrides)
         rows.append(run_one("RefSAM3D small", adapter, REFSAM_RECIPE, split, label_set, args.minutes, args, out_dir,
                             ckpt_dir / "refsam3d_small_hippocampus.pt", extra, mirror, train="refsam3d" not in reuse))
     if "baseline" in wanted:

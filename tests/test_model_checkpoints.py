@@ -104,6 +104,26 @@ def test_small_checkpoint_roundtrip(tmp_path, shared_tiny_text):
         torch.testing.assert_close(m2.eval()(x, ["liver", "spleen"]), m(x, ["liver", "spleen"]))
 
 
+def test_update_checkpoint_extra_keeps_weights(tmp_path, shared_tiny_text):
+    from lib.model import CheckpointError, read_checkpoint, save_checkpoint, update_checkpoint_extra
+
+    torch.manual_seed(0)
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=64, decoder_dim=32)
+    path = save_checkpoint(m, tmp_path / "model.pt", extra={"epoch": 3, "test_evaluation": {"dice": 0.1}})
+    before = read_checkpoint(path)
+    update_checkpoint_extra(path, test_evaluation={"dice": 0.9}, split_file="split.json")
+    after = read_checkpoint(path)
+    assert after["extra"] == {"epoch": 3, "test_evaluation": {"dice": 0.9}, "split_file": "split.json"}
+    assert after["config"] == before["config"] and after["state_dict"].keys() == before["state_dict"].keys()
+    assert all(torch.equal(after["state_dict"][k], v) for k, v in before["state_dict"].items())
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # atomic: no temporary file left
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError):  # refuses to "update" a file that is not a RefSAM3D checkpoint
+        update_checkpoint_extra(junk, epoch=1)
+    assert junk.read_bytes() == b"not a checkpoint"
+
+
 def test_vit_b_checkpoint_excludes_sam_tensors(tmp_path, vit_b_sam, sam_vit_b_checkpoint, shared_tiny_text):
     from lib.model import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 

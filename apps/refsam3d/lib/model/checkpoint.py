@@ -43,6 +43,18 @@ def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dic
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if k not in skip}
     payload = {"format": FORMAT, "arch_version": ARCH_VERSION, "config": dict(model.config), "sam_initialised": bool(model.sam_initialised),
                "state_dict": state, "extra": dict(extra or {})}
+    return _atomic_save(payload, path)
+
+
+def update_checkpoint_extra(path: Union[str, Path], **extra: Any) -> Path:
+    """Add or replace ``extra`` entries (e.g. test metrics) of a saved checkpoint; weights untouched, atomic."""
+    payload = read_checkpoint(path)
+    payload["extra"] = {**payload.get("extra", {}), **extra}
+    return _atomic_save(payload, Path(path))
+
+
+def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
