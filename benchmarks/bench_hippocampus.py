@@ -32,6 +32,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -282,6 +283,24 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     }
 
 
+def stored_row(previous: dict | None, previous_file: Path, prefix: str, split: dict, mirror: Sequence[int], args) -> dict:
+    """``--reuse`` of a model whose checkpoint is gone: its row from the last ``hippocampus.json``, accepted only if
+    that run evaluated the same test cases the same way (mirroring, largest component, NSD tolerance)."""
+    row = next((r for r in (previous or {}).get("models", []) if r["name"].startswith(prefix)), None)
+    if row is None:
+        raise SystemExit(f"--reuse {prefix}: no checkpoint in --checkpoint-dir and no {prefix} result in {previous_file}")
+    ev = row["evaluation"]
+    same = (previous["split"].get("test") == [d["id"] for d in split["test"]]
+            and list(row.get("mirror_axes") or []) == list(mirror)
+            and bool(ev.get("largest_component")) == bool(args.largest_component)
+            and float(ev.get("nsd_tolerance_mm", -1)) == float(args.nsd_tolerance))
+    if not same:
+        raise SystemExit(f"--reuse {prefix}: the stored result in {previous_file} was evaluated on other test cases or "
+                         "with other test-time settings; its checkpoint is needed to evaluate it again")
+    when = previous.get("environment", {}).get("date", "an earlier run")
+    return {**row, "reused": True, "stored_result": f"the benchmark run of {when} (its checkpoint is not here)"}
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
@@ -305,6 +324,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--model-overrides", default="{}",
                    help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
+    p.add_argument("--recipe-overrides", default="{}",
+                   help='JSON overrides of the RefSAM3D training recipe (any TrainConfig field), e.g. \'{"weight_decay": 0.05}\'')
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--checkpoint-dir", default=str(REPO / "model" / "benchmarks"))
     add_runtime_arguments(p)
@@ -339,27 +360,33 @@ def main(argv=None) -> int:
     logger.info(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test "
                 f"-> {out_dir / 'hippocampus_split.json'}")
 
+    previous_file = out_dir / "hippocampus.json"
+    previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
     wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     reuse = {m.strip().lower() for m in args.reuse.split(",") if m.strip()}
     mirror = (tuple(REFSAM_RECIPE["flip_axes"]) if args.mirror_axes.strip().lower() == "train"
               else parse_axes(args.mirror_axes))  # test-time only: validation during training stays one pass
     rows = []
     t_all = time.time()
+    refsam_recipe = {**REFSAM_RECIPE, **json.loads(args.recipe_overrides or "{}")}
     if "refsam3d" in wanted:
         overrides = json.loads(args.model_overrides or "{}")
         model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
         roi = tuple(label_set.roi_size("small"))
-        adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(REFSAM_RECIPE), roi_size=roi,
+        adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(refsam_recipe), roi_size=roi,
                                      device=args.device, seed=args.seed)
         extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
                                  split_file=_repo_relative(out_dir / "hippocampus_split.json"), model_overrides=overrides)
-        rows.append(run_one("RefSAM3D small", adapter, REFSAM_RECIPE, split, label_set, args.minutes, args, out_dir,
+        rows.append(run_one("RefSAM3D small", adapter, refsam_recipe, split, label_set, args.minutes, args, out_dir,
                             ckpt_dir / "refsam3d_small_hippocampus.pt", extra, mirror, train="refsam3d" not in reuse))
-    if "baseline" in wanted:
+    baseline_ckpt = ckpt_dir / "dynunet_hippocampus.pt"
+    if "baseline" in wanted and "baseline" in reuse and not baseline_ckpt.is_file():
+        rows.append(stored_row(previous, previous_file, "DynUNet", split, mirror, args))
+    elif "baseline" in wanted:
         torch.manual_seed(args.seed)
         adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device)
         rows.append(run_one("DynUNet (nnU-Net-like)", adapter, BASELINE_RECIPE, split, label_set, args.minutes, args,
-                            out_dir, ckpt_dir / "dynunet_hippocampus.pt", {"label_set_name": label_set.name},
+                            out_dir, baseline_ckpt, {"label_set_name": label_set.name},
                             mirror, train="baseline" not in reuse))
 
     md = table(rows, labels)
@@ -383,7 +410,7 @@ def main(argv=None) -> int:
     env = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
            "cpu": _cpu_name(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
            "threads": torch.get_num_threads(), "device": f"{device.type} ({device_name})", "minutes_per_model": args.minutes,
-           "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+           "command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),  # copy-pasteable
            "total_minutes": round((time.time() - t_all) / 60, 1)}
     result = {"environment": env, "split": {k: [d["id"] for d in v] for k, v in split.items()},
               "labels": labels, "models": rows, "verdict": verdict}
@@ -400,7 +427,8 @@ def main(argv=None) -> int:
         + (f", mirroring test-time augmentation over axes {list(mirror)}" if mirror else "")
         + (", largest connected component per label" if args.largest_component else "")
         + f"); NSD tolerance {args.nsd_tolerance} mm",
-        *[f"- {r['name']}: weights and training statistics reused from training run {r['training_run']}"
+        *[f"- {r['name']}: " + (f"result reused from {r['stored_result']}" if r.get("stored_result") else
+                                 f"weights and training statistics reused from training run {r['training_run']}")
           for r in rows if r.get("reused")],
         "",
         md, "", "Verdict: " + "; ".join(verdict) if verdict else "", "",

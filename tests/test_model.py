@@ -180,3 +180,27 @@ def test_image_skips_feed_the_decoder_at_full_and_half_resolution(shared_tiny_te
     y.sum().backward()
     stem = skips.pixel_decoder.image_stem[0].conv1.conv.weight
     assert stem.grad is not None and stem.grad.abs().sum() > 0  # the stem is trained
+
+
+def test_stochastic_depth_acts_in_training_only(shared_tiny_text):
+    """``drop_path_rate`` (stochastic depth, 0 .. rate linearly over the blocks): random residual drops while
+    training; in eval the model is exactly the same network as without it."""
+    from monai.networks.layers import DropPath
+
+    kw = dict(text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16, depth=3, stage_indexes=[0, 1, 2])
+    torch.manual_seed(0)
+    dropped = quiet_build("small", drop_path_rate=0.5, **kw)
+    plain = quiet_build("small", **kw)
+    assert plain.config["drop_path_rate"] == 0.0 and dropped.config["drop_path_rate"] == 0.5
+    rates = [b.drop_path.drop_prob if isinstance(b.drop_path, DropPath) else 0.0 for b in dropped.image_encoder.blocks]
+    assert rates == [0.0, 0.25, 0.5]
+    plain.load_state_dict(dropped.state_dict())  # same parameters: stochastic depth adds none
+    x = torch.rand(4, 1, 16, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped.eval()(x, ["liver"]), plain.eval()(x, ["liver"]))
+        dropped.train()
+        torch.manual_seed(1)
+        a = dropped(x, ["liver"])
+        torch.manual_seed(2)
+        b = dropped(x, ["liver"])
+    assert not torch.allclose(a, b)

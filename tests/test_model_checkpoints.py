@@ -92,7 +92,7 @@ def test_small_checkpoint_roundtrip(tmp_path, shared_tiny_text):
     from lib.model import load_checkpoint, read_checkpoint, save_checkpoint
 
     torch.manual_seed(0)
-    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=64, decoder_dim=32).eval()
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=64, decoder_dim=32, drop_path_rate=0.1).eval()
     path = save_checkpoint(m, tmp_path / "sub" / "model.pt", extra={"labels": {"liver": 1}, "epoch": 3})
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]  # atomic: no temporary file left
     payload = read_checkpoint(path)
@@ -184,17 +184,20 @@ def test_checkpoints_from_other_code_versions_fail_with_a_version_message(tmp_pa
 
 
 def test_checkpoint_without_later_options_loads_as_built(tmp_path, shared_tiny_text):
-    """A file written before ``image_skip_channels`` existed (no key in its config) rebuilds without image skips."""
+    """A file written before ``image_skip_channels`` / ``drop_path_rate`` existed (no key in its config) rebuilds
+    without image skips and without stochastic depth."""
     from lib.model import load_checkpoint, read_checkpoint, save_checkpoint
 
     m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16, depth=2, stage_indexes=[0, 1],
                     image_skip_channels=[]).eval()
     payload = read_checkpoint(save_checkpoint(m, tmp_path / "plain.pt"))
     payload["config"].pop("image_skip_channels")
+    payload["config"].pop("drop_path_rate")
     old = tmp_path / "before_option.pt"
     torch.save(payload, old)
     m2 = load_checkpoint(old, text_encoder=shared_tiny_text).eval()
     assert m2.config["image_skip_channels"] == [] and len(m2.pixel_decoder.image_stem) == 0
+    assert m2.config["drop_path_rate"] == 0.0
     x = torch.rand(1, 1, 16, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(m2(x, ["liver"]), m(x, ["liver"]))

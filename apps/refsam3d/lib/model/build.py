@@ -34,6 +34,7 @@ _VIT_B: dict[str, Any] = dict(
     depth_embed_size=8,  # learnable depth table (128 voxels / 16), resized for other depths
     rel_pos_window_size=14,  # SAM's window rel-pos tables (2*14-1), resized to the 3D window
     adapter_dim=64,
+    drop_path_rate=0.0,  # stochastic depth over the encoder blocks (0 .. rate, linear); regularises training from scratch
     decoder_dim=256,  # SAM's prompt / transformer width
     decoder_channels=[128, 64, 32, 8],  # one per x2 upsampling: log2(16) = 4; 8 at full resolution (CPU cost)
     mask_dim=16,

@@ -119,7 +119,8 @@ def load_checkpoint(
     cfg = dict(payload["config"])
     preset = cfg.pop("preset")
     stored_text = cfg.pop("text_encoder", None)
-    cfg.setdefault("image_skip_channels", [])  # an option added later: files without it were built without it
+    cfg.setdefault("image_skip_channels", [])  # options added later: files without them were built without them
+    cfg.setdefault("drop_path_rate", 0.0)
     if payload.get("sam_initialised") and sam_checkpoint is None and require_sam:
         raise CheckpointError(f"{str(path)!r} was trained on the frozen SAM ViT-B encoder, which it does not contain: "
                               "pass sam_checkpoint='.../sam_vit_b_01ec64.pth'")

@@ -21,6 +21,7 @@ from typing import Optional, Sequence, Type
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.layers import DropPath
 
 from .adapter import Adapter3D
 from .common import LayerNorm3d, MLPBlock
@@ -181,6 +182,7 @@ class Block3D(nn.Module):
         rel_pos_hw_size: int = 14,
         rel_pos_d_size: int = 8,
         adapter_dim: int = 64,
+        drop_path: float = 0.0,
     ) -> None:
         super().__init__()
         self.norm1 = norm_layer(dim)
@@ -188,12 +190,13 @@ class Block3D(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = MLPBlock(embedding_dim=dim, mlp_dim=int(dim * mlp_ratio), act=act_layer)
         self.adapter = Adapter3D(dim, adapter_dim) if adapter_dim > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()  # stochastic depth (training only)
         self.window_size = window_size  # 0 = global attention
         self.shift = shift
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.window_attention(self.norm1(x))
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.window_attention(self.norm1(x)))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return self.adapter(x)
 
     def window_attention(self, x: torch.Tensor) -> torch.Tensor:
@@ -249,6 +252,7 @@ class ImageEncoderViT3D(nn.Module):
         depth_embed_size: int = 8,
         rel_pos_window_size: int = 14,
         adapter_dim: int = 64,
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
@@ -273,6 +277,7 @@ class ImageEncoderViT3D(nn.Module):
                     rel_pos_hw_size=pos_embed_size if is_global else rel_pos_window_size,
                     rel_pos_d_size=depth_embed_size if is_global else window_size,
                     adapter_dim=adapter_dim,
+                    drop_path=drop_path_rate * i / max(1, depth - 1),  # linear rule (DeiT / Swin): 0 .. rate
                 )
             )
             n_windowed += 0 if is_global else 1

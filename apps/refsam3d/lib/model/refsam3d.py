@@ -77,6 +77,7 @@ class RefSAM3D(nn.Module):
             global_attn_indexes=tuple(c["global_attn_indexes"]), stage_indexes=tuple(c["stage_indexes"]),
             pos_embed_size=c["pos_embed_size"], depth_embed_size=c["depth_embed_size"],
             rel_pos_window_size=c["rel_pos_window_size"], adapter_dim=c["adapter_dim"],
+            drop_path_rate=c["drop_path_rate"],
         )
         self.text_encoder = text_encoder
         self.text_projector = CrossModalProjector(text_encoder.hidden_size, c["decoder_dim"], c["projector_hidden_dim"])

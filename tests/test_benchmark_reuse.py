@@ -1,0 +1,51 @@
+"""The hippocampus benchmark's ``--reuse`` of a model whose checkpoint is gone: the stored row of the last run is
+taken only when it was evaluated on the same test cases with the same test-time settings."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from conftest import REPO_ROOT
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "hippocampus.json"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_hippocampus", REPO_ROOT / "benchmarks" / "bench_hippocampus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _split(previous: dict) -> dict:
+    return {part: [{"id": i} for i in ids] for part, ids in previous["split"].items()}
+
+
+def test_stored_baseline_row_is_reused_only_for_the_same_evaluation(bench):
+    previous = json.loads(RESULTS.read_text())
+    stored = next(r for r in previous["models"] if r["name"].startswith("DynUNet"))
+    args = SimpleNamespace(largest_component=False, nsd_tolerance=1.0)
+    mirror = tuple(stored["mirror_axes"])
+    row = bench.stored_row(previous, RESULTS, "DynUNet", _split(previous), mirror, args)
+    assert row["reused"] and previous["environment"]["date"] in row["stored_result"]
+    assert row["evaluation"]["mean"] == stored["evaluation"]["mean"] and row["iterations"] == stored["iterations"]
+
+    other_cases = _split(previous)
+    other_cases["test"] = other_cases["test"][1:]
+    for bad_split, bad_mirror, bad_args in [
+        (other_cases, mirror, args),  # another test split
+        (_split(previous), (), args),  # one pass instead of mirroring
+        (_split(previous), mirror, SimpleNamespace(largest_component=False, nsd_tolerance=2.0)),
+        (_split(previous), mirror, SimpleNamespace(largest_component=True, nsd_tolerance=1.0)),
+    ]:
+        with pytest.raises(SystemExit, match="other test"):
+            bench.stored_row(previous, RESULTS, "DynUNet", bad_split, bad_mirror, bad_args)
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        bench.stored_row({"models": []}, RESULTS, "DynUNet", _split(previous), mirror, args)
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        bench.stored_row(None, RESULTS, "DynUNet", _split(previous), mirror, args)
