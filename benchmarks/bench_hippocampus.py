@@ -297,6 +297,10 @@ def stored_row(previous: dict | None, previous_file: Path, prefix: str, split: d
     if not same:
         raise SystemExit(f"--reuse {prefix}: the stored result in {previous_file} was evaluated on other test cases or "
                          "with other test-time settings; its checkpoint is needed to evaluate it again")
+    trained_with = row.get("recipe", {}).get("augmentation", "paper")
+    if trained_with != args.augmentation:
+        raise SystemExit(f"--reuse {prefix}: the stored result was trained with --augmentation {trained_with}, "
+                         f"not {args.augmentation}; train it again for a like-for-like comparison")
     when = previous.get("environment", {}).get("date", "an earlier run")
     return {**row, "reused": True, "stored_result": f"the benchmark run of {when} (its checkpoint is not here)"}
 
@@ -324,6 +328,8 @@ def main(argv=None) -> int:
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--model-overrides", default="{}",
                    help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
+    p.add_argument("--augmentation", default="paper", choices=["paper", "nnunet"],
+                   help="training augmentation of both models: the paper's list or nnU-Net v2's default set")
     p.add_argument("--recipe-overrides", default="{}",
                    help='JSON overrides of the RefSAM3D training recipe (any TrainConfig field), e.g. \'{"weight_decay": 0.05}\'')
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -368,7 +374,8 @@ def main(argv=None) -> int:
               else parse_axes(args.mirror_axes))  # test-time only: validation during training stays one pass
     rows = []
     t_all = time.time()
-    refsam_recipe = {**REFSAM_RECIPE, **json.loads(args.recipe_overrides or "{}")}
+    refsam_recipe = {**REFSAM_RECIPE, "augmentation": args.augmentation, **json.loads(args.recipe_overrides or "{}")}
+    baseline_recipe = {**BASELINE_RECIPE, "augmentation": args.augmentation}
     if "refsam3d" in wanted:
         overrides = json.loads(args.model_overrides or "{}")
         model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
@@ -384,8 +391,8 @@ def main(argv=None) -> int:
         rows.append(stored_row(previous, previous_file, "DynUNet", split, mirror, args))
     elif "baseline" in wanted:
         torch.manual_seed(args.seed)
-        adapter = make_baseline_adapter(entries, BASELINE_RECIPE["crop_size"], device=args.device)
-        rows.append(run_one("DynUNet (nnU-Net-like)", adapter, BASELINE_RECIPE, split, label_set, args.minutes, args,
+        adapter = make_baseline_adapter(entries, baseline_recipe["crop_size"], device=args.device)
+        rows.append(run_one("DynUNet (nnU-Net-like)", adapter, baseline_recipe, split, label_set, args.minutes, args,
                             out_dir, baseline_ckpt, {"label_set_name": label_set.name},
                             mirror, train="baseline" not in reuse))
 

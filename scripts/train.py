@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negative-prompts-per-step", type=int, default=0)
     t.add_argument("--flip-axes", default="0", help="mirroring axes (RAS; 0 = left-right), '' for none")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--augmentation", default="paper", choices=["paper", "nnunet"],
+                   help="paper: the paper's augmentations; nnunet: nnU-Net v2's default set (docs/training.md)")
     t.add_argument("--val-interval", type=int, default=1)
     t.add_argument("--publish", default="best", choices=["best", "last"])
     t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
         "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
         "grad_clip": args.grad_clip, "max_prompts": args.max_prompts, "negative_prompts": args.negative_prompts,
         "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,
-        "augment": not args.no_augment, "val_split": args.val_split, "val_interval": args.val_interval,
+        "augment": not args.no_augment, "augmentation": args.augmentation,
+        "val_split": args.val_split, "val_interval": args.val_interval,
         "publish": args.publish, "amp": args.amp != "off", "device": args.device, "threads": args.threads,
         "seed": args.seed, "labels": args.labels,
         "log_interval_s": 60.0 if not args.no_progress else 10.0,

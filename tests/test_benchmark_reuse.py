@@ -29,7 +29,7 @@ def _split(previous: dict) -> dict:
 def test_stored_baseline_row_is_reused_only_for_the_same_evaluation(bench):
     previous = json.loads(RESULTS.read_text())
     stored = next(r for r in previous["models"] if r["name"].startswith("DynUNet"))
-    args = SimpleNamespace(largest_component=False, nsd_tolerance=1.0)
+    args = SimpleNamespace(largest_component=False, nsd_tolerance=1.0, augmentation="paper")
     mirror = tuple(stored["mirror_axes"])
     row = bench.stored_row(previous, RESULTS, "DynUNet", _split(previous), mirror, args)
     assert row["reused"] and previous["environment"]["date"] in row["stored_result"]
@@ -40,11 +40,15 @@ def test_stored_baseline_row_is_reused_only_for_the_same_evaluation(bench):
     for bad_split, bad_mirror, bad_args in [
         (other_cases, mirror, args),  # another test split
         (_split(previous), (), args),  # one pass instead of mirroring
-        (_split(previous), mirror, SimpleNamespace(largest_component=False, nsd_tolerance=2.0)),
-        (_split(previous), mirror, SimpleNamespace(largest_component=True, nsd_tolerance=1.0)),
+        (_split(previous), mirror, SimpleNamespace(largest_component=False, nsd_tolerance=2.0, augmentation="paper")),
+        (_split(previous), mirror, SimpleNamespace(largest_component=True, nsd_tolerance=1.0, augmentation="paper")),
     ]:
         with pytest.raises(SystemExit, match="other test"):
             bench.stored_row(previous, RESULTS, "DynUNet", bad_split, bad_mirror, bad_args)
+    # trained with other augmentation: not a like-for-like baseline
+    with pytest.raises(SystemExit, match="trained with --augmentation paper"):
+        bench.stored_row(previous, RESULTS, "DynUNet", _split(previous), mirror,
+                         SimpleNamespace(largest_component=False, nsd_tolerance=1.0, augmentation="nnunet"))
     with pytest.raises(SystemExit, match="no checkpoint"):
         bench.stored_row({"models": []}, RESULTS, "DynUNet", _split(previous), mirror, args)
     with pytest.raises(SystemExit, match="no checkpoint"):

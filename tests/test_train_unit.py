@@ -117,6 +117,32 @@ def test_train_config_from_viewer_request():
         TrainConfig.from_mapping({"val_split": 1.5})
 
 
+@pytest.mark.parametrize("profile", ["paper", "nnunet"])
+def test_augmentation_profiles_keep_labels_and_change_images(profile):
+    from monai.transforms import Compose
+
+    from lib.training.data import augmentations
+
+    image = torch.rand(1, 24, 24, 24)
+    label = torch.zeros(1, 24, 24, 24)
+    label[:, 8:16, 8:16, 8:16] = 2.0
+    chain = Compose(augmentations((0,), profile))
+    chain.set_random_state(0)
+    changed = 0
+    for _ in range(20):
+        out = chain({"image": image.clone(), "label": label.clone()})
+        assert out["image"].shape == image.shape and out["label"].shape == label.shape
+        assert set(torch.unique(out["label"]).tolist()) <= {0.0, 2.0}  # nearest for labels: no new classes
+        changed += not torch.equal(torch.as_tensor(out["image"]), image)
+    assert changed >= 10, f"{profile}: only {changed}/20 samples augmented"
+
+
+def test_augmentation_profile_is_validated():
+    assert TrainConfig.from_mapping({"augmentation": ["nnunet", "paper"]}).augmentation == "nnunet"  # viewer list
+    with pytest.raises(ValueError, match="augmentation must be one of paper, nnunet"):
+        TrainConfig.from_mapping({"augmentation": "heavy"})
+
+
 def test_linear_schedule_warms_up_then_decays_to_zero():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     s = LinearSchedule(opt, 1e-3, warmup_fraction=0.1)

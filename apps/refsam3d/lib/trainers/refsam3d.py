@@ -27,7 +27,7 @@ from lib.training import (
     train_transforms,
     val_transforms,
 )
-from lib.training.config import first, parse_bool, parse_size, sizes_str
+from lib.training.config import AUGMENTATION_PROFILES, first, parse_bool, parse_size, sizes_str
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,8 @@ class RefSAM3DTrain(BasicTrainTask):
             "preset": [self.preset] + [p for p in PRESETS if p != self.preset],
             "labels": ",".join(self.base_cfg.labels) if self.base_cfg.labels else "all",
             "augment": self.base_cfg.augment,
+            "augmentation": [self.base_cfg.augmentation] + [a for a in AUGMENTATION_PROFILES
+                                                            if a != self.base_cfg.augmentation],
             "multi_gpu": False,
             "gpus": "all",
         }

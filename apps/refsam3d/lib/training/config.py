@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
+AUGMENTATION_PROFILES = ("paper", "nnunet")  # see training/data.py: augmentations()
+
+
 def parse_axes(value: Any) -> tuple[int, ...]:
     """Spatial axes: ``"0,2"``, ``0``, ``[0, 2]`` -> ``(0, 2)``; ``""``/``"none"``/None -> ``()``."""
     if value is None:
@@ -104,6 +107,7 @@ class TrainConfig:
     negative_prompts_per_step: int = 0
     labels: list[str] | None = None  # subset of label names to train (None = all)
     augment: bool = True
+    augmentation: str = "paper"  # paper | nnunet (nnU-Net v2's default augmentation), see training/data.py
     flip_axes: tuple[int, ...] = (0,)  # RAS axis 0 = left-right (anatomically symmetric); 1/2 swap A-P / S-I
     val_split: float = 0.2
     val_interval: int = 1  # epochs between validations
@@ -146,6 +150,9 @@ class TrainConfig:
             raise ValueError("learning_rate must be > 0")
         if self.publish not in ("best", "last"):
             raise ValueError("publish must be 'best' or 'last'")
+        if self.augmentation not in AUGMENTATION_PROFILES:
+            raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATION_PROFILES)}, "
+                             f"got {self.augmentation!r}")
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -24,12 +24,14 @@ from monai.transforms import (
     RandGaussianSharpend,
     RandGaussianSmoothd,
     RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
+    RandSimulateLowResolutiond,
     SelectItemsd,
     SpatialPadd,
 )
 
-from .config import TrainConfig
+from .config import AUGMENTATION_PROFILES, TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -155,14 +157,24 @@ def train_transforms(modality: str, target_spacing: Sequence[float], crop_size: 
         SelectItemsd(keys=KEYS),
     ]
     if cfg.augment:
-        xforms += augmentations(cfg.flip_axes)
+        xforms += augmentations(cfg.flip_axes, cfg.augmentation)
     xforms.append(EnsureTyped(keys=KEYS, dtype=torch.float32, track_meta=False))
     return Compose(xforms)
 
 
-def augmentations(flip_axes: Sequence[int] = (0,)) -> list:
-    """Rotation, scaling, shear, translation (one affine), flips, brightness, contrast, noise, blur/sharpness
-    and erasing -- the paper's list where MONAI has the transform (no posterisation in MONAI)."""
+def augmentations(flip_axes: Sequence[int] = (0,), profile: str = "paper") -> list:
+    """Random augmentations after cropping, on images scaled to [0, 1].
+
+    ``paper``: rotation, scaling, shear, translation (one affine), flips, brightness, contrast, noise,
+    blur/sharpness and erasing -- the paper's list where MONAI has the transform (no posterisation in MONAI).
+    ``nnunet``: nnU-Net v2's default training augmentation in MONAI transforms (rotation +-30 deg and scaling
+    0.7-1.4 with p 0.2 each, noise, blur, multiplicative brightness, contrast, low-resolution simulation,
+    gamma and inverted gamma), with its probabilities; noise std rescaled from z-scores to [0, 1] images.
+    """
+    if profile == "nnunet":
+        return _nnunet_augmentations(flip_axes)
+    if profile != "paper":
+        raise ValueError(f"augmentation must be one of {AUGMENTATION_PROFILES}, got {profile!r}")
     aug = [
         RandAffined(
             keys=KEYS, prob=0.3, rotate_range=(0.26, 0.26, 0.26), scale_range=(0.15, 0.15, 0.15),
@@ -180,6 +192,25 @@ def augmentations(flip_axes: Sequence[int] = (0,)) -> list:
         RandCoarseDropoutd(keys="image", holes=1, max_holes=3, spatial_size=4, max_spatial_size=10,
                            fill_value=0.0, prob=0.1),  # erasing
     ]
+    return aug
+
+
+def _nnunet_augmentations(flip_axes: Sequence[int]) -> list:
+    """nnU-Net v2 ``nnUNetTrainer.get_training_transforms`` (3D, no elastic deformation) in MONAI terms."""
+    aug = [
+        RandAffined(  # rotation p 0.2 and scaling p 0.2 -> an affine with p 1 - 0.8^2
+            keys=KEYS, prob=0.36, rotate_range=(0.52, 0.52, 0.52), scale_range=((-0.3, 0.4),) * 3,
+            mode=("bilinear", "nearest"), padding_mode="zeros",
+        ),
+        RandGaussianNoised(keys="image", std=0.06, prob=0.1),  # variance 0.1 of z-scores ~ std 0.06 in [0, 1]
+        RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.2),
+        RandScaleIntensityd(keys="image", factors=0.25, prob=0.15),  # multiplicative brightness 0.75-1.25
+        RandScaleIntensityFixedMeand(keys="image", factors=0.25, preserve_range=True, prob=0.15),  # contrast
+        RandSimulateLowResolutiond(keys="image", zoom_range=(0.5, 1.0), prob=0.25),
+        RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), invert_image=True, retain_stats=True, prob=0.1),
+        RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), retain_stats=True, prob=0.3),
+    ]
+    aug += [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=int(a)) for a in flip_axes]
     return aug
 
 
