@@ -321,7 +321,9 @@ def main(argv=None) -> int:
     p.add_argument("--max-epochs", type=int, default=10000)
     p.add_argument("--lr", type=float, default=None, help="override RefSAM3D's learning rate")
     p.add_argument("--amp-cpu", action="store_true", help="bf16 autocast on the CPU for both models")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="model initialisation and training (crops, augmentation)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="test/validation split; keep it fixed and vary --seed to measure run-to-run noise")
     p.add_argument("--largest-component", action="store_true",
                    help="post-process both models: keep each label's largest connected piece")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="mm")
@@ -361,7 +363,7 @@ def main(argv=None) -> int:
     datalist = msd_datalist(data)
     if args.max_cases:
         datalist = datalist[: args.max_cases]
-    split = make_split(datalist, args.test_fraction, args.val_fraction, args.seed)
+    split = make_split(datalist, args.test_fraction, args.val_fraction, args.split_seed)
     save_split(out_dir / "hippocampus_split.json", split)
     logger.info(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test "
                 f"-> {out_dir / 'hippocampus_split.json'}")
@@ -428,7 +430,7 @@ def main(argv=None) -> int:
         f"- {env['date']}, {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, "
         f"device {env['device']}, "
         f"{args.minutes} min training per model (validation included)",
-        f"- split (seed {args.seed}): {len(split['train'])} train, {len(split['val'])} validation (model selection), "
+        f"- split (seed {args.split_seed}), training seed {args.seed}: {len(split['train'])} train, {len(split['val'])} validation (model selection), "
         f"{len(split['test'])} held-out test cases (`hippocampus_split.json`)",
         f"- test metrics on whole volumes (sliding window"
         + (f", mirroring test-time augmentation over axes {list(mirror)}" if mirror else "")
