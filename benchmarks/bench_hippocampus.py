@@ -430,7 +430,8 @@ def main(argv=None) -> int:
         f"- {env['date']}, {env['cpu']} ({env['cpu_count']} cores), {env['threads']} torch threads, "
         f"device {env['device']}, "
         f"{args.minutes} min training per model (validation included)",
-        f"- split (seed {args.split_seed}), training seed {args.seed}: {len(split['train'])} train, {len(split['val'])} validation (model selection), "
+        f"- split (seed {args.split_seed}), training seed {args.seed}: {len(split['train'])} train, "
+        f"{len(split['val'])} validation (model selection), "
         f"{len(split['test'])} held-out test cases (`hippocampus_split.json`)",
         f"- test metrics on whole volumes (sliding window"
         + (f", mirroring test-time augmentation over axes {list(mirror)}" if mirror else "")

@@ -29,7 +29,7 @@ def load_evaluation(path: str | os.PathLike, model: str = "RefSAM3D") -> dict:
         found = [m["evaluation"] for m in result["models"] if m.get("name", "").startswith(model) and "evaluation" in m]
         if not found:
             names = [m.get("name") for m in result["models"]]
-            raise ValueError(f"{path}: no evaluated model named {model!r}... (models: {names})")
+            raise ValueError(f"{path}: no evaluated model whose name starts with {model!r} (models: {names})")
         result = found[0]
     if not isinstance(result, dict) or "cases" not in result or "labels" not in result:
         raise ValueError(f"{path} is not an evaluation result (expected 'cases' and 'labels', as evaluate.py writes)")
@@ -78,11 +78,10 @@ def compare_evaluations(a: dict, b: dict, metric: str = "dice", names: Sequence[
     labels = [label for label in a["labels"] if label in b["labels"]]
     if not labels:
         raise ValueError(f"no label in common: {a['labels']} vs {b['labels']}")
+    values = [(_values(cases_a[i], labels, metric), _values(cases_b[i], labels, metric)) for i in common]
     rows = {}
     for key in [*labels, MEAN_OVER_LABELS]:
-        pairs = [(va[key], vb[key]) for i in common
-                 for va, vb in [(_values(cases_a[i], labels, metric), _values(cases_b[i], labels, metric))]
-                 if key in va and key in vb]
+        pairs = [(va[key], vb[key]) for va, vb in values if key in va and key in vb]
         if pairs:
             xa, xb = zip(*pairs)
             rows[key] = {**paired_statistics(xa, xb, lower_is_better=metric in LOWER_IS_BETTER),
