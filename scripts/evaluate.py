@@ -7,6 +7,9 @@ are MONAI's, written as ``evaluation.json``, ``evaluation.csv`` and ``evaluation
     .venv/bin/python scripts/evaluate.py --checkpoint model/refsam3d_small.pt \\
         --data ../shared/data/msd-hippocampus --split-file benchmarks/results/hippocampus_split.json --part test \\
         --out results/eval --nsd-tolerance 1.0
+
+Several checkpoints after ``--checkpoint`` are evaluated as one ensemble (nnU-Net's ensemble of folds):
+their probabilities are averaged before the threshold. They must be trained on the same label set.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, nargs="+",
+                   help="a checkpoint, or several: an ensemble that averages their probabilities")
     p.add_argument("--data", required=True, help="MSD-layout folder (dataset.json, imagesTr, labelsTr)")
     p.add_argument("--split-file", help="JSON {'part': [case ids]}; evaluate the cases of --part")
     p.add_argument("--part", default="test")
@@ -54,24 +58,39 @@ def main(argv=None) -> int:
     from lib.evaluation import evaluate, write_reports
     from lib.labelsets import load_label_set
     from lib.model import load_checkpoint
-    from lib.training import PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist
+    from lib.training import (EnsembleSegmenter, PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set,
+                              msd_datalist)
     from lib.training.config import parse_axes, parse_labels, parse_size
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
 
-    info = checkpoint_info(args.checkpoint)
-    label_set = load_label_set(args.label_set) if args.label_set else label_set_from_checkpoint(args.checkpoint)
-    if label_set is None:
-        raise SystemExit("the checkpoint does not name its label set: pass --label-set")
-    preset = info["config"].get("preset", "small")
-    roi = parse_size(args.roi) or parse_size(info["extra"].get("roi_size")) or tuple(label_set.roi_size(preset))
-    text = (resolve_text_encoder(args.text_encoder) if args.text_encoder
-            else portable_text_encoder(info["config"].get("text_encoder")))
-    model = load_checkpoint(args.checkpoint, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
-    entries = entries_from_label_set(label_set, parse_labels(args.labels))
-    seg = PromptModelAdapter(model, entries, TrainConfig(), roi_size=roi, overlap=args.overlap,
-                             device=args.device, threshold=args.threshold, mirror_axes=parse_axes(args.mirror_axes))
-    seg.model.eval()
+    def load_member(path: str):
+        """One checkpoint -> (segmenter, label set, preset, window size)."""
+        info = checkpoint_info(path)
+        label_set = load_label_set(args.label_set) if args.label_set else label_set_from_checkpoint(path)
+        if label_set is None:
+            raise SystemExit(f"{path} does not name its label set: pass --label-set")
+        preset = info["config"].get("preset", "small")
+        roi = parse_size(args.roi) or parse_size(info["extra"].get("roi_size")) or tuple(label_set.roi_size(preset))
+        text = (resolve_text_encoder(args.text_encoder) if args.text_encoder
+                else portable_text_encoder(info["config"].get("text_encoder")))
+        model = load_checkpoint(path, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
+        member = PromptModelAdapter(model, entries_from_label_set(label_set, parse_labels(args.labels)), TrainConfig(),
+                                    roi_size=roi, overlap=args.overlap, device=args.device, threshold=args.threshold,
+                                    mirror_axes=parse_axes(args.mirror_axes))
+        member.model.eval()
+        return member, label_set, preset, roi
+
+    members = [load_member(path) for path in args.checkpoint]
+    seg, label_set, preset, roi = members[0]
+    for path, (_, other, _, _) in zip(args.checkpoint[1:], members[1:]):
+        if other.name != label_set.name:
+            raise SystemExit(f"{path} was trained on label set {other.name!r}, {args.checkpoint[0]} on "
+                             f"{label_set.name!r}: an ensemble needs one label set (or pass --label-set)")
+    if len(members) > 1:
+        seg = EnsembleSegmenter([m[0] for m in members])
+    entries = seg.entries
+    checkpoints = [str(Path(p).resolve()) for p in args.checkpoint]
 
     datalist = msd_datalist(args.data)
     if args.split_file:
@@ -82,14 +101,14 @@ def main(argv=None) -> int:
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
         progress=not args.no_progress, description="evaluate",
-        info={"checkpoint": str(Path(args.checkpoint).resolve()), "label_set": label_set.name, "preset": preset,
-              "roi_size": list(roi), "overlap": args.overlap, "threshold": args.threshold,
-              "mirror_axes": list(seg.mirror_axes),
+        info={"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints, "label_set": label_set.name,
+              "preset": preset, "roi_size": list(roi), "overlap": args.overlap, "threshold": args.threshold,
+              "mirror_axes": list(members[0][0].mirror_axes),
               "data": str(Path(args.data).resolve()), "split_file": args.split_file, "part": args.part},
         ct_window=label_set.ct_window if label_set.modality == "CT" else None, largest_component=args.largest_component,
     )
-    paths = write_reports(result, args.out, title=f"RefSAM3D {preset} on {Path(args.data).name} "
-                                                  f"({result['num_cases']} cases)")
+    what = f"RefSAM3D {preset}" + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
+    paths = write_reports(result, args.out, title=f"{what} on {Path(args.data).name} ({result['num_cases']} cases)")
     summary = {"mean": result["mean"], "per_label": {k: {m: v.get(f"{m}_mean") for m in ("dice", "nsd", "hd95")}
                                                      for k, v in result["per_label"].items()}}
     if "routing" in result:

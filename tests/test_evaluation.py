@@ -148,3 +148,50 @@ def test_keep_largest_removes_islands_per_label():
     out = keep_largest(masks)
     assert out.dtype == torch.bool and out.shape == masks.shape
     assert torch.equal(out[0], _cube(lo=(1, 1, 1), size=4)) and torch.equal(out[1], masks[1])
+
+
+class _FixedProbs:
+    """An ensemble member whose probabilities are given (the ``predict_probs`` interface of the adapters)."""
+
+    def __init__(self, probs: torch.Tensor, names=("anterior hippocampus", "posterior hippocampus")):
+        from lib.training import LabelEntry
+
+        self.probs = probs
+        self.entries = [LabelEntry(n, i + 1, n) for i, n in enumerate(names)]
+        self.threshold = 0.5
+        self.device = torch.device("cpu")
+        self.prompts_seen: list[list[str]] = []
+
+    def predict_probs(self, image, prompts):
+        self.prompts_seen.append(list(prompts))
+        return self.probs
+
+
+def test_ensemble_thresholds_the_mean_of_its_members():
+    from lib.training import EnsembleSegmenter
+
+    shape = (2, 3, 3, 3)
+    a = torch.full(shape, 0.3)  # alone: nothing
+    b = torch.full(shape, 0.9)  # alone: everything
+    a[1], b[1] = 0.1, 0.2  # posterior channel low in both
+    a[0, 0, 0, 0], b[0, 0, 0, 0] = 0.05, 0.9  # mean 0.475: below the threshold
+    members = [_FixedProbs(a), _FixedProbs(b)]
+    ensemble = EnsembleSegmenter(members)
+    image = torch.zeros(1, 1, 3, 3, 3)
+    torch.testing.assert_close(ensemble.predict_probs(image, ["p0", "p1"]), (a + b) / 2)
+    masks, each = ensemble.segment_and_each(image)
+    expected = torch.zeros(shape, dtype=torch.bool)
+    expected[0] = True
+    expected[0, 0, 0, 0] = False
+    assert torch.equal(masks, expected) and torch.equal(each, expected)
+    assert members[0].prompts_seen[-1] == [e.prompt for e in members[0].entries]  # label prompts, in order
+
+
+def test_ensemble_refuses_members_with_other_labels():
+    from lib.training import EnsembleSegmenter
+
+    probs = torch.zeros(2, 2, 2, 2)
+    with pytest.raises(ValueError, match="same labels"):
+        EnsembleSegmenter([_FixedProbs(probs), _FixedProbs(probs, names=("liver", "spleen"))])
+    with pytest.raises(ValueError, match="at least one"):
+        EnsembleSegmenter([])

@@ -61,6 +61,30 @@ def test_evaluate_command_on_held_out_cases(tmp_path, hippocampus_dir):
     assert (out / "evaluation.png").stat().st_size > 0 and (out / "evaluation.csv").is_file()
 
 
+def test_evaluate_command_ensembles_checkpoints(tmp_path, hippocampus_dir):
+    """Two checkpoints after --checkpoint are one ensemble; the same weights twice must score as one model."""
+    def evaluate(checkpoints: list[Path], out: Path) -> dict:
+        cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--checkpoint", *map(str, checkpoints),
+               "--data", str(hippocampus_dir), "--split-file", str(SPLIT), "--part", "test", "--max-cases", "2",
+               "--out", str(out), "--no-progress", "--no-cross-prompts"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        assert run.returncode == 0, run.stderr[-3000:]
+        return json.loads((out / "evaluation.json").read_text())
+
+    copy = tmp_path / "copy.pt"
+    shutil.copy(CHECKPOINT, copy)
+    single = evaluate([CHECKPOINT], tmp_path / "single")
+    pair = evaluate([CHECKPOINT, copy], tmp_path / "pair")
+    assert pair["info"]["checkpoint"] == [str(CHECKPOINT.resolve()), str(copy.resolve())]
+    assert pair["num_cases"] == single["num_cases"] == 2
+    for a, b in zip(single["cases"], pair["cases"]):
+        assert a["id"] == b["id"]
+        for name in a["labels"]:
+            assert b["labels"][name]["dice"] == pytest.approx(a["labels"][name]["dice"], abs=1e-6), (a["id"], name)
+    assert single["mean"]["dice"] >= MIN_MEAN_DICE
+
+
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum()))
 

@@ -3,7 +3,7 @@
 Nothing here imports MONAI Label, so the command line trains without a server.
 """
 
-from .adapters import PromptModelAdapter, SegmentationAdapter, resolve_device
+from .adapters import EnsembleSegmenter, PromptModelAdapter, SegmentationAdapter, resolve_device
 from .config import TrainConfig, parse_bool, parse_labels, parse_size
 from .data import (
     apply_split,
@@ -18,7 +18,8 @@ from .losses import PromptDiceCELoss
 from .prompts import LabelEntry, entries_from_dict, entries_from_label_set, label_map_to_binary, sample_prompts
 
 __all__ = [
-    "LabelEntry", "LinearSchedule", "PromptDiceCELoss", "PromptModelAdapter", "SegmentationAdapter", "TrainConfig",
+    "EnsembleSegmenter", "LabelEntry", "LinearSchedule", "PromptDiceCELoss", "PromptModelAdapter",
+    "SegmentationAdapter", "TrainConfig",
     "apply_split", "entries_from_dict", "entries_from_label_set", "label_map_to_binary", "msd_datalist",
     "parse_bool", "parse_labels", "parse_size", "resolve_device", "run_training", "sample_prompts", "save_split",
     "split_datalist", "train_transforms", "val_transforms", "validate",

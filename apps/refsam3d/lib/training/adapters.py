@@ -61,7 +61,38 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device(name)
 
 
-class PromptModelAdapter(SegmentationAdapter):
+class ProbabilitySegmenter:
+    """``segment`` / ``segment_each`` / ``segment_and_each`` from ``predict_probs`` (one sigmoid channel per prompt)."""
+
+    entries: list[LabelEntry]
+    threshold: float
+
+    def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """``[1,1,*spatial]`` -> ``[K,*spatial]`` float probabilities, one channel per prompt."""
+        raise NotImplementedError
+
+    def _label_probs(self, image: torch.Tensor) -> torch.Tensor:
+        return self.predict_probs(image, [e.prompt for e in self.entries])
+
+    def segment(self, image: torch.Tensor) -> torch.Tensor:
+        """One label map: each voxel goes to its most probable prompt above ``threshold`` (as the server does)."""
+        from lib.evaluation import probs_to_masks
+
+        return probs_to_masks(self._label_probs(image), self.threshold, exclusive=True)
+
+    def segment_each(self, image: torch.Tensor) -> torch.Tensor:
+        """Every prompt thresholded on its own (no competition between prompts): for routing checks."""
+        return self._label_probs(image) >= self.threshold
+
+    def segment_and_each(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(segment(image), segment_each(image))`` from one inference."""
+        from lib.evaluation import probs_to_masks
+
+        probs = self._label_probs(image)
+        return probs_to_masks(probs, self.threshold, exclusive=True), probs >= self.threshold
+
+
+class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
     """RefSAM3D: each step samples K prompts (present + absent labels), loss Dice+BCE per prompt channel."""
 
     def __init__(self, model: torch.nn.Module, entries: Sequence[LabelEntry], cfg: TrainConfig,
@@ -106,23 +137,6 @@ class PromptModelAdapter(SegmentationAdapter):
 
         return mirror_averaged(predict, image, self.mirror_axes)[0].float()  # [K, D, H, W]
 
-    def segment(self, image):
-        from lib.evaluation import probs_to_masks
-
-        return probs_to_masks(self.predict_probs(image, [e.prompt for e in self.entries]), self.threshold,
-                              exclusive=True)
-
-    def segment_each(self, image):
-        """Every prompt thresholded on its own (no competition between prompts): for routing checks."""
-        return self.predict_probs(image, [e.prompt for e in self.entries]) >= self.threshold
-
-    def segment_and_each(self, image):
-        """``(segment(image), segment_each(image))`` from one inference."""
-        from lib.evaluation import probs_to_masks
-
-        probs = self.predict_probs(image, [e.prompt for e in self.entries])
-        return probs_to_masks(probs, self.threshold, exclusive=True), probs >= self.threshold
-
     def save(self, path, extra=None):
         from lib.model import save_checkpoint
 
@@ -137,3 +151,31 @@ class PromptModelAdapter(SegmentationAdapter):
         trainable = sum(p.numel() for p in self.parameters_to_optimise())
         d["parameters"] = {"total": int(total), "trainable": int(trainable)}
         return d
+
+
+class EnsembleSegmenter(ProbabilitySegmenter):
+    """Several trained models as one: their probabilities averaged, then thresholded once.
+
+    nnU-Net's ensemble of its five cross-validation folds; here any checkpoints trained on the same
+    label set (different seeds, folds or recipes). Members keep their own window size and mirroring.
+    """
+
+    def __init__(self, members: Sequence[PromptModelAdapter]):
+        members = list(members)
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        names = [e.name for e in members[0].entries]
+        for i, m in enumerate(members[1:], start=2):
+            if [e.name for e in m.entries] != names:
+                raise ValueError(f"model {i} segments {[e.name for e in m.entries]}, model 1 {names}: "
+                                 "ensemble members must answer the same labels")
+        self.members = members
+        self.entries = list(members[0].entries)
+        self.threshold = members[0].threshold
+        self.device = members[0].device
+
+    def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        total = self.members[0].predict_probs(image, prompts)
+        for member in self.members[1:]:
+            total = total + member.predict_probs(image, prompts).to(total.device)
+        return total / len(self.members)  # [K, D, H, W]
