@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
 
+    text_encoders: dict = {}  # one frozen text encoder per (name, preset, max length), shared by ensemble members
+
     def load_member(path: str):
         """One checkpoint -> (segmenter, label set, preset, window size)."""
         info = checkpoint_info(path)
@@ -74,7 +76,9 @@ def main(argv=None) -> int:
         roi = parse_size(args.roi) or parse_size(info["extra"].get("roi_size")) or tuple(label_set.roi_size(preset))
         text = (resolve_text_encoder(args.text_encoder) if args.text_encoder
                 else portable_text_encoder(info["config"].get("text_encoder")))
-        model = load_checkpoint(path, sam_checkpoint=args.sam_checkpoint, text_encoder=text)
+        key = (text or info["config"].get("text_encoder"), preset, info["config"].get("text_max_length"))
+        model = load_checkpoint(path, sam_checkpoint=args.sam_checkpoint, text_encoder=text_encoders.get(key, text))
+        text_encoders.setdefault(key, model.text_encoder)
         member = PromptModelAdapter(model, entries_from_label_set(label_set, parse_labels(args.labels)), TrainConfig(),
                                     roi_size=roi, overlap=args.overlap, device=args.device, threshold=args.threshold,
                                     mirror_axes=parse_axes(args.mirror_axes))

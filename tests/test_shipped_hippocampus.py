@@ -62,7 +62,9 @@ def test_evaluate_command_on_held_out_cases(tmp_path, hippocampus_dir):
 
 
 def test_evaluate_command_ensembles_checkpoints(tmp_path, hippocampus_dir):
-    """Two checkpoints after --checkpoint are one ensemble; the same weights twice must score as one model."""
+    """Two checkpoints after --checkpoint are one ensemble; the same weights twice must score as one model.
+
+    (Averaging itself is checked with unequal members in test_evaluation.py.)"""
     def evaluate(checkpoints: list[Path], out: Path) -> dict:
         cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--checkpoint", *map(str, checkpoints),
                "--data", str(hippocampus_dir), "--split-file", str(SPLIT), "--part", "test", "--max-cases", "2",
