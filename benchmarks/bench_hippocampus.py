@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
 
 from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
+from lib.training.config import AUGMENTATION_PROFILES  # noqa: E402  (plain Python, no torch)
 
 DEFAULT_DATA = (REPO.parent / "shared" / "data" / "msd-hippocampus")
 
@@ -330,7 +331,7 @@ def main(argv=None) -> int:
     p.add_argument("--text-encoder", default="minilm")
     p.add_argument("--model-overrides", default="{}",
                    help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
-    p.add_argument("--augmentation", default="paper", choices=["paper", "nnunet"],
+    p.add_argument("--augmentation", default="paper", choices=AUGMENTATION_PROFILES,
                    help="training augmentation of both models: the paper's list or nnU-Net v2's default set")
     p.add_argument("--recipe-overrides", default="{}",
                    help='JSON overrides of the RefSAM3D training recipe (any TrainConfig field), e.g. \'{"weight_decay": 0.05}\'')

@@ -85,6 +85,10 @@ def main(argv=None) -> int:
         member.model.eval()
         return member, label_set, preset, roi
 
+    def one_or_each(key: str, values: list) -> dict:
+        """``{key: value}`` for one checkpoint, ``{key: [value per member]}`` for an ensemble."""
+        return {key: values[0] if len(values) == 1 else values}
+
     members = [load_member(path) for path in args.checkpoint]
     seg, label_set, preset, roi = members[0]
     for path, (_, other, _, _) in zip(args.checkpoint[1:], members[1:]):
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
         progress=not args.no_progress, description="evaluate",
         info={"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints, "label_set": label_set.name,
-              "preset": preset, "roi_size": list(roi), "overlap": args.overlap, "threshold": args.threshold,
+              **one_or_each("preset", [m[2] for m in members]), **one_or_each("roi_size", [list(m[3]) for m in members]),
+              "overlap": args.overlap, "threshold": args.threshold,
               "mirror_axes": list(members[0][0].mirror_axes),
               "data": str(Path(args.data).resolve()), "split_file": args.split_file, "part": args.part},
         ct_window=label_set.ct_window if label_set.modality == "CT" else None, largest_component=args.largest_component,

@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
 
 from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
+from lib.training.config import AUGMENTATION_PROFILES  # noqa: E402  (plain Python, no torch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--negative-prompts-per-step", type=int, default=0)
     t.add_argument("--flip-axes", default="0", help="mirroring axes (RAS; 0 = left-right), '' for none")
     t.add_argument("--no-augment", action="store_true")
-    t.add_argument("--augmentation", default="paper", choices=["paper", "nnunet"],
+    t.add_argument("--augmentation", default="paper", choices=AUGMENTATION_PROFILES,
                    help="paper: the paper's augmentations; nnunet: nnU-Net v2's default set (docs/training.md)")
     t.add_argument("--val-interval", type=int, default=1)
     t.add_argument("--publish", default="best", choices=["best", "last"])

@@ -79,6 +79,7 @@ def test_evaluate_command_ensembles_checkpoints(tmp_path, hippocampus_dir):
     single = evaluate([CHECKPOINT], tmp_path / "single")
     pair = evaluate([CHECKPOINT, copy], tmp_path / "pair")
     assert pair["info"]["checkpoint"] == [str(CHECKPOINT.resolve()), str(copy.resolve())]
+    assert pair["info"]["roi_size"] == [single["info"]["roi_size"]] * 2  # each member's window is recorded
     assert pair["num_cases"] == single["num_cases"] == 2
     for a, b in zip(single["cases"], pair["cases"]):
         assert a["id"] == b["id"]

@@ -160,3 +160,26 @@ def test_split_is_deterministic_and_disjoint():
     assert not {d["id"] for d in tr} & {d["id"] for d in va}
     assert split_datalist(items[:1], 0.2)[1] == []  # one case: nothing to validate on
     assert len(split_datalist(items[:3], 0.2)[1]) == 1
+
+
+@pytest.mark.parametrize("script", ["scripts/train.py", "scripts/evaluate.py", "scripts/compare.py",
+                                    "benchmarks/bench_hippocampus.py"])
+def test_command_help_needs_no_torch(script):
+    """``--help`` lists the options (augmentation choices from ``lib.training.config``) without importing torch."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    probe = ("import runpy, sys\n"
+             f"sys.argv = [{script!r}, '--help']\n"
+             "try:\n"
+             f"    runpy.run_path({script!r}, run_name='__main__')\n"
+             "except SystemExit:\n"
+             "    pass\n"
+             "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_FREE')\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "usage:" in out.stdout and out.stdout.strip().endswith("TORCH_FREE"), out.stdout[-500:] + out.stderr
+    if script in ("scripts/train.py", "benchmarks/bench_hippocampus.py"):
+        assert "{paper,nnunet}" in out.stdout  # the choices come from TrainConfig's list
