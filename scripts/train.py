@@ -6,7 +6,8 @@ Same training code as the server's ``POST /train/refsam3d`` (``lib.training.run_
 Example (hippocampus, small preset from random initialisation, 60 minutes on the CPU)::
 
     .venv/bin/python scripts/train.py --data ../shared/data/msd-hippocampus --label-set msd_hippocampus \\
-        --preset small --text-encoder minilm --output model/refsam3d_small.pt --minutes 60 --lr 2e-3
+        --preset small --text-encoder minilm --output model/refsam3d_small.pt --minutes 60 --epochs 10000 \\
+        --val-split 0 --amp-cpu     # the benchmark's recipe on all cases (lr 1e-3 is the small preset's default)
 
 Serve the result: ``monailabel start_server --app apps/refsam3d --studies ... --conf preset small
 --conf label_set msd_hippocampus --conf text_encoder minilm`` with the file at ``model/refsam3d_small.pt``.
@@ -68,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--val-interval", type=int, default=1)
     t.add_argument("--publish", default="best", choices=["best", "last"])
     t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")
+    t.add_argument("--amp-cpu", action="store_true",
+                   help="bf16 autocast on the CPU (fast with AMX / AVX512-BF16: 1.9x the steps per hour on an AMX Xeon)")
     t.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(t)
     t.add_argument("--config", default=None, help="JSON file of TrainConfig options (overrides the flags)")
@@ -94,7 +97,8 @@ def main(argv=None) -> int:
         "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,
         "augment": not args.no_augment, "augmentation": args.augmentation,
         "val_split": args.val_split, "val_interval": args.val_interval,
-        "publish": args.publish, "amp": args.amp != "off", "device": args.device, "threads": args.threads,
+        "publish": args.publish, "amp": args.amp != "off", "amp_cpu": args.amp_cpu,
+        "device": args.device, "threads": args.threads,
         "seed": args.seed, "labels": args.labels,
         "log_interval_s": 60.0 if not args.no_progress else 10.0,
     }

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 
 import pytest
 import torch
@@ -102,6 +104,25 @@ def test_small_checkpoint_roundtrip(tmp_path, shared_tiny_text):
     x = torch.rand(1, 1, 9, 13, 8)
     with torch.no_grad():
         torch.testing.assert_close(m2.eval()(x, ["liver", "spleen"]), m(x, ["liver", "spleen"]))
+
+
+def test_saved_checkpoint_gets_the_mode_open_would_give_and_keeps_a_replaced_files_mode(tmp_path, shared_tiny_text):
+    """Atomic writes go through ``mkstemp`` (0600): the published file must still be readable as usual."""
+    from lib.model import save_checkpoint, update_checkpoint_extra
+
+    m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16)
+    old_umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(m, tmp_path / "model.pt")
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644  # as open() + umask 022 would create it
+        os.chmod(path, 0o640)
+        save_checkpoint(m, path)  # replacing a published model keeps the mode it was given
+        update_checkpoint_extra(path, test_evaluation={"mean_dice": 0.5})
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+        os.umask(0o077)
+        assert stat.S_IMODE(save_checkpoint(m, tmp_path / "private.pt").stat().st_mode) == 0o600
+    finally:
+        os.umask(old_umask)
 
 
 def test_update_checkpoint_extra_keeps_weights(tmp_path, shared_tiny_text):

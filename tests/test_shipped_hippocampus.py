@@ -21,6 +21,8 @@ from app_fixtures import infer, read_volume
 from server_process import REPO_ROOT, MonaiLabelServer
 
 CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
+# the final model for new data: the same recipe on all 200 cases (so no held-out case is left to test it on)
+ALL_CASES_CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small_all_cases.pt"
 SPLIT = REPO_ROOT / "benchmarks" / "results" / "hippocampus_split.json"
 NUM_CASES = 6
 # the full 40-case test split scored mean Dice 0.891 (checkpoints/README.md)
@@ -59,6 +61,37 @@ def test_evaluate_command_on_held_out_cases(tmp_path, hippocampus_dir):
     assert all(d >= MIN_MEAN_DICE - 0.05 for d in per_label.values()), per_label
     assert result["routing"]["swapped_dice_mean"] < MAX_SWAPPED_DICE, result["routing"]  # the text routes
     assert (out / "evaluation.png").stat().st_size > 0 and (out / "evaluation.csv").is_file()
+
+
+def test_all_cases_checkpoint_is_the_measured_recipe_on_every_case(tmp_path, hippocampus_dir):
+    """Same architecture and recipe as the measured checkpoint, trained on every case, and it segments.
+
+    Every case is one of its training cases, so the Dice here checks that the weights and the pre-processing
+    work (a fit check); its generalisation estimate is the measured checkpoint's test result."""
+    from lib.model import read_checkpoint
+    from lib.training import TrainConfig, msd_datalist
+
+    final, measured = read_checkpoint(ALL_CASES_CHECKPOINT), read_checkpoint(CHECKPOINT)
+    assert {k: final["config"][k] for k in measured["config"]} == measured["config"]  # the same architecture
+    later_options = {k: v for k, v in final["config"].items() if k not in measured["config"]}
+    assert later_options == {"drop_path_rate": 0.0}  # an option added since the measured run, at its default (off)
+    assert final["extra"]["label_set_name"] == measured["extra"]["label_set_name"] == "msd_hippocampus"
+    assert sorted(final["extra"]["train_cases"]) == sorted(d["id"] for d in msd_datalist(hippocampus_dir))
+    assert final["extra"]["val_cases"] == []
+    # options the measured checkpoint predates (e.g. ``augmentation``) take their defaults
+    recipe, reference = (TrainConfig.from_mapping(ckpt["extra"]["training"]["config"]) for ckpt in (final, measured))
+    for key in ("learning_rate", "weight_decay", "warmup_fraction", "min_lr_fraction", "batch_size", "num_samples",
+                "crop_size", "pos_neg_ratio", "augmentation", "flip_axes", "grad_clip", "amp_cpu", "max_minutes"):
+        assert getattr(recipe, key) == getattr(reference, key), key
+
+    out = tmp_path / "eval"
+    cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--checkpoint", str(ALL_CASES_CHECKPOINT),
+           "--data", str(hippocampus_dir), "--split-file", str(SPLIT), "--part", "test", "--max-cases", "2",
+           "--out", str(out), "--no-progress"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((out / "evaluation.json").read_text())
+    assert result["mean"]["dice"] >= MIN_MEAN_DICE and result["routing"]["swapped_dice_mean"] < MAX_SWAPPED_DICE
 
 
 def test_evaluate_command_ensembles_checkpoints(tmp_path, hippocampus_dir):

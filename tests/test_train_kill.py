@@ -19,11 +19,11 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _start(published: Path, data: Path, tiny_text_encoder: Path, log: Path) -> subprocess.Popen:
+def _start(published: Path, data: Path, tiny_text_encoder: Path, log: Path, *flags: str) -> subprocess.Popen:
     cmd = [sys.executable, str(REPO / "scripts" / "train.py"), "--data", str(data), "--max-cases", "3",
            "--val-split", "0", "--publish", "last", "--epochs", "1000", "--roi", "32", "--crop", "32",
            "--batch-size", "1", "--text-encoder", str(tiny_text_encoder), "--init", str(published),
-           "--output", str(published), "--threads", "1", "--no-progress"]
+           "--output", str(published), "--threads", "1", "--no-progress", *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env, cwd=str(REPO))
 
@@ -56,7 +56,8 @@ def test_killed_training_leaves_published_model_loadable(tmp_path, hippocampus_d
     load_checkpoint(published)
 
     # 2) killed while training and publishing every epoch: the file is always a complete checkpoint
-    proc = _start(published, hippocampus_dir, tiny_text_encoder, tmp_path / "run2.log")
+    #    (with bf16 autocast on the CPU, as the benchmark trains; the weights are still stored in fp32)
+    proc = _start(published, hippocampus_dir, tiny_text_encoder, tmp_path / "run2.log", "--amp-cpu")
     deadline = time.time() + 240
     publications = 0
     while time.time() < deadline and publications < 2:
@@ -70,5 +71,7 @@ def test_killed_training_leaves_published_model_loadable(tmp_path, hippocampus_d
     model = load_checkpoint(published)  # ... and what is there loads
     assert model.checkpoint_extra["training"]["epoch"] >= 2
     assert model.checkpoint_extra["label_set_name"] == "msd_hippocampus"
+    assert model.checkpoint_extra["training"]["config"]["amp_cpu"] is True  # --amp-cpu reached the run
+    assert all(p.dtype == torch.float32 for p in model.parameters())
     # no temporary file replaced the published one; leftovers of the killed write are only hidden temp files
     assert all(p.name.startswith(".") for p in published.parent.iterdir() if p != published and p.is_file())

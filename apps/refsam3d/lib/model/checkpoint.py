@@ -11,6 +11,7 @@ Python/tensor values). Writes are atomic (temporary file + ``os.replace``).
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -57,6 +58,7 @@ def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would otherwise replace the published file's mode
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)
             f.flush()
@@ -146,3 +148,13 @@ def load_checkpoint(
                               + _version_hint(payload))
     model.checkpoint_extra = payload.get("extra", {})  # type: ignore[attr-defined]
     return model.to(map_location)
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what ``open()`` would create (0666 minus the umask)."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0o022)  # reading the umask means setting it (pip does the same)
+        os.umask(umask)
+        return 0o666 & ~umask
