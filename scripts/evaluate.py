@@ -109,7 +109,7 @@ def main(argv=None) -> int:
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
         progress=not args.no_progress, description="evaluate",
-        info={"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints, "label_set": label_set.name,
+        info={**one_or_each("checkpoint", checkpoints), "label_set": label_set.name,
               **one_or_each("preset", [m[2] for m in members]), **one_or_each("roi_size", [list(m[3]) for m in members]),
               "overlap": args.overlap, "threshold": args.threshold,
               "mirror_axes": list(members[0][0].mirror_axes),
