@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 import threading
 import time
 
@@ -212,6 +214,39 @@ def test_model_store_offline_never_raises_and_says_what_is_missing(tmp_path, mon
 
     local = ModelStore(tmp_path, "small", use_pretrained_model=False, text_encoder="minilm")
     assert local.text_encoder == str(minilm_folder()) and len(local.warnings()) == 1  # only "not trained yet"
+
+
+def test_sam_download_checks_the_hash_and_leaves_an_ordinary_readable_file(tmp_path):
+    """A real HTTP download from 127.0.0.1: mkstemp's 0600 must not reach the published weights."""
+    import functools
+    import hashlib
+    import http.server
+
+    from lib.model import new_file_mode
+    from lib.model_store import download_sam_vit_b
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "sam.pth").write_bytes(os.urandom(100_000))
+    digest = hashlib.sha256((served / "sam.pth").read_bytes()).hexdigest()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/sam.pth"
+    old_umask = os.umask(0o027)
+    try:
+        assert (new_file_mode(), new_file_mode(directory=True)) == (0o640, 0o750)
+        dest = download_sam_vit_b(tmp_path / "model" / "sam_vit_b_01ec64.pth", url=url, sha256_prefix=digest[:6])
+        assert dest.read_bytes() == (served / "sam.pth").read_bytes()
+        assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # what open() gives under umask 027, not 0600
+        with pytest.raises(RuntimeError, match="SHA-256"):
+            download_sam_vit_b(dest, url=url, sha256_prefix=("1" if digest[0] == "0" else "0") + digest[1:6])
+        assert dest.read_bytes() == (served / "sam.pth").read_bytes()  # a bad download replaces nothing
+        assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # and leaves no .part behind
+    finally:
+        os.umask(old_umask)
+        server.shutdown()
+        server.server_close()
 
 
 def test_sliding_window_reuses_window_encodings(tiny_text_encoder):

@@ -70,18 +70,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def download_sam_vit_b(dest: Path, url: str = SAM_VIT_B_URL, timeout: float = 30.0) -> Path:
+def download_sam_vit_b(dest: Path, url: str = SAM_VIT_B_URL, timeout: float = 30.0,
+                       sha256_prefix: str = SAM_VIT_B_SHA256_PREFIX) -> Path:
     """Download the official SAM ViT-B checkpoint atomically (``.part`` then rename) and check its hash."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=str(dest.parent))
     os.close(fd)
+    os.chmod(tmp, _model_api().new_file_mode())  # mkstemp's 0600 would make the weights readable by their owner only
     try:
         logger.info(f"Downloading SAM ViT-B weights from {url} into {dest} (375 MB) ...")
         with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
             shutil.copyfileobj(response, out, length=1 << 22)
         digest = _sha256(Path(tmp))
-        if not digest.startswith(SAM_VIT_B_SHA256_PREFIX):
-            raise RuntimeError(f"downloaded file has SHA-256 {digest[:12]}..., expected {SAM_VIT_B_SHA256_PREFIX}...")
+        if not digest.startswith(sha256_prefix):
+            raise RuntimeError(f"downloaded file has SHA-256 {digest[:12]}..., expected {sha256_prefix}...")
         os.replace(tmp, dest)
         return dest
     finally:
@@ -95,6 +97,7 @@ def download_text_encoder(name: str, dest: Path) -> Path:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".part", dir=str(dest.parent)))
+    os.chmod(tmp, _model_api().new_file_mode(directory=True))  # mkdtemp's 0700, as for the SAM file
     try:
         snapshot_download(repo_id=name, local_dir=str(tmp), allow_patterns=HF_ALLOW_PATTERNS)
         if not any(tmp.glob("*.safetensors")):  # older repositories only have pytorch_model.bin

@@ -155,6 +155,26 @@ def _file_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        umask = os.umask(0o022)  # reading the umask means setting it (pip does the same)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return new_file_mode()
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """What ``open()`` (0666) or ``mkdir()`` (0777) would create under the process's umask.
+
+    For files made by ``mkstemp`` / ``mkdtemp`` (always 0600 / 0700) before they are renamed into place.
+    """
+    umask = _read_umask()
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def _read_umask() -> int:
+    try:  # Linux: read it without changing it (setting it, even briefly, races with other threads' files)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # elsewhere, reading the umask means setting it (pip does the same)
+    os.umask(umask)
+    return umask
