@@ -332,7 +332,8 @@ def main(argv=None) -> int:
     p.add_argument("--model-overrides", default="{}",
                    help='JSON overrides of the small preset, e.g. \'{"use_rel_pos": false}\' (default: the preset as is)')
     p.add_argument("--augmentation", default="paper", choices=AUGMENTATION_PROFILES,
-                   help="training augmentation of both models: the paper's list or nnU-Net v2's default set")
+                   help="training augmentation of both models: the paper's list, nnU-Net v2's default set or "
+                        "the flips alone")
     p.add_argument("--recipe-overrides", default="{}",
                    help='JSON overrides of the RefSAM3D training recipe (any TrainConfig field), e.g. \'{"weight_decay": 0.05}\'')
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--flip-axes", default="0", help="mirroring axes (RAS; 0 = left-right), '' for none")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--augmentation", default="paper", choices=AUGMENTATION_PROFILES,
-                   help="paper: the paper's augmentations; nnunet: nnU-Net v2's default set (docs/training.md)")
+                   help="paper: the paper's augmentations; nnunet: nnU-Net v2's default set; flip: mirroring only "
+                        "(docs/training.md)")
     t.add_argument("--val-interval", type=int, default=1)
     t.add_argument("--publish", default="best", choices=["best", "last"])
     t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")

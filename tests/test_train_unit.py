@@ -137,9 +137,32 @@ def test_augmentation_profiles_keep_labels_and_change_images(profile):
     assert changed >= 10, f"{profile}: only {changed}/20 samples augmented"
 
 
+def test_flip_profile_mirrors_image_and_label_together_and_nothing_else():
+    from monai.transforms import Compose
+
+    from lib.training.data import augmentations
+
+    image = torch.rand(1, 24, 24, 24)
+    label = torch.zeros(1, 24, 24, 24)
+    label[:, 2:10, 8:16, 8:16] = 1.0  # off-centre along axis 0, so a flip moves it
+    chain = Compose(augmentations((0,), "flip"))
+    chain.set_random_state(0)
+    kinds = set()
+    for _ in range(20):
+        out = chain({"image": image.clone(), "label": label.clone()})
+        img, lab = torch.as_tensor(out["image"]), torch.as_tensor(out["label"])
+        if torch.equal(img, image):
+            assert torch.equal(lab, label)
+            kinds.add("as is")
+        else:
+            assert torch.equal(img, image.flip(1)) and torch.equal(lab, label.flip(1)), "only a left-right flip of both"
+            kinds.add("flipped")
+    assert kinds == {"as is", "flipped"}
+
+
 def test_augmentation_profile_is_validated():
     assert TrainConfig.from_mapping({"augmentation": ["nnunet", "paper"]}).augmentation == "nnunet"  # viewer list
-    with pytest.raises(ValueError, match="augmentation must be one of paper, nnunet"):
+    with pytest.raises(ValueError, match="augmentation must be one of paper, nnunet, flip"):
         TrainConfig.from_mapping({"augmentation": "heavy"})
 
 
@@ -182,4 +205,4 @@ def test_command_help_needs_no_torch(script):
     assert out.returncode == 0, out.stderr
     assert "usage:" in out.stdout and out.stdout.strip().endswith("TORCH_FREE"), out.stdout[-500:] + out.stderr
     if script in ("scripts/train.py", "benchmarks/bench_hippocampus.py"):
-        assert "{paper,nnunet}" in out.stdout  # the choices come from TrainConfig's list
+        assert "{paper,nnunet,flip}" in out.stdout  # the choices come from TrainConfig's list

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Mapping, Sequence
 
 
-AUGMENTATION_PROFILES = ("paper", "nnunet")  # see training/data.py: augmentations()
+AUGMENTATION_PROFILES = ("paper", "nnunet", "flip")  # see training/data.py: augmentations()
 
 
 def parse_axes(value: Any) -> tuple[int, ...]:
@@ -107,7 +107,7 @@ class TrainConfig:
     negative_prompts_per_step: int = 0
     labels: list[str] | None = None  # subset of label names to train (None = all)
     augment: bool = True
-    augmentation: str = "paper"  # paper | nnunet (nnU-Net v2's default augmentation), see training/data.py
+    augmentation: str = "paper"  # paper | nnunet (nnU-Net v2's default) | flip (mirroring only), see training/data.py
     flip_axes: tuple[int, ...] = (0,)  # RAS axis 0 = left-right (anatomically symmetric); 1/2 swap A-P / S-I
     val_split: float = 0.2
     val_interval: int = 1  # epochs between validations

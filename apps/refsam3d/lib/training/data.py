@@ -170,9 +170,13 @@ def augmentations(flip_axes: Sequence[int] = (0,), profile: str = "paper") -> li
     ``nnunet``: nnU-Net v2's default training augmentation in MONAI transforms (rotation +-30 deg and scaling
     0.7-1.4 with p 0.2 each, noise, blur, multiplicative brightness, contrast, low-resolution simulation,
     gamma and inverted gamma), with its probabilities; noise std rescaled from z-scores to [0, 1] images.
+    ``flip``: the flips alone (the lightest set: every sample is a real image, mirrored or not).
     """
+    flips = [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=int(a)) for a in flip_axes]
+    if profile == "flip":
+        return flips
     if profile == "nnunet":
-        return _nnunet_augmentations(flip_axes)
+        return _nnunet_augmentations(flips)
     if profile != "paper":
         raise ValueError(f"augmentation must be one of {AUGMENTATION_PROFILES}, got {profile!r}")
     aug = [
@@ -181,7 +185,7 @@ def augmentations(flip_axes: Sequence[int] = (0,), profile: str = "paper") -> li
             shear_range=(0.08,) * 6, translate_range=(3, 3, 3), mode=("bilinear", "nearest"), padding_mode="zeros",
         ),
     ]
-    aug += [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=int(a)) for a in flip_axes]
+    aug += flips
     aug += [
         RandScaleIntensityd(keys="image", factors=0.15, prob=0.2),  # brightness (multiplicative)
         RandShiftIntensityd(keys="image", offsets=0.05, prob=0.2),  # brightness (additive)
@@ -195,7 +199,7 @@ def augmentations(flip_axes: Sequence[int] = (0,), profile: str = "paper") -> li
     return aug
 
 
-def _nnunet_augmentations(flip_axes: Sequence[int]) -> list:
+def _nnunet_augmentations(flips: list) -> list:
     """nnU-Net v2 ``nnUNetTrainer.get_training_transforms`` (3D, no elastic deformation) in MONAI terms."""
     aug = [
         RandAffined(  # rotation p 0.2 and scaling p 0.2 -> an affine with p 1 - 0.8^2
@@ -210,8 +214,7 @@ def _nnunet_augmentations(flip_axes: Sequence[int]) -> list:
         RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), invert_image=True, retain_stats=True, prob=0.1),
         RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), retain_stats=True, prob=0.3),
     ]
-    aug += [RandFlipd(keys=KEYS, prob=0.5, spatial_axis=int(a)) for a in flip_axes]
-    return aug
+    return aug + flips
 
 
 def val_transforms(modality: str, target_spacing: Sequence[float], with_label: bool = True,
