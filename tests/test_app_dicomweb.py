@@ -6,52 +6,23 @@ Offline, MONAI Label's dcmqi download fails: the server must still start and wri
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from app_fixtures import infer, parse_all, read_volume
-from server_process import MonaiLabelServer, free_port
-
-ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+from orthanc_process import OrthancServer, orthanc_missing
+from server_process import MonaiLabelServer
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
-        pytest.skip("Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
-    root = tmp_path_factory.mktemp("orthanc")
-    port = free_port()
-    config = {
-        "Name": "RefSAM3DTest", "HttpPort": port, "DicomPort": free_port(), "DicomServerEnabled": False,
-        "StorageDirectory": str(root / "db"), "IndexDirectory": str(root / "db"),
-        "RemoteAccessAllowed": False, "AuthenticationEnabled": False, "HttpServerEnabled": True,
-        "Plugins": [str(DICOMWEB_PLUGIN)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    (root / "orthanc.json").write_text(json.dumps(config))
-    log = open(root / "orthanc.log", "w")
-    proc = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            if proc.poll() is not None:
-                raise RuntimeError(f"Orthanc exited: {(root / 'orthanc.log').read_text()[-2000:]}")
-            try:
-                if requests.get(f"{url}/system", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    missing = orthanc_missing()
+    if missing:
+        pytest.skip(missing)
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +80,7 @@ def test_segments_a_dicomweb_series_by_its_uid(dicomweb_server, stored_series):
                                               "result_extension": ".nii.gz"}, output="all")
     assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{dicomweb_server.log()[-3000:]}"
     params, image, name = parse_all(res)
-    assert params["label_names"] == {"brain": 1}
+    assert params["label_names"] == {"brain": 255}  # free text: the value /info declares as "free text prompt"
     arr, affine = read_volume(image, name)
     shape, ref_affine = series_geometry(folder)
     assert arr.shape == shape == (512, 512, 22)

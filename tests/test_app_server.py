@@ -60,11 +60,11 @@ def test_info_lists_model_labels_and_text_prompt_option(server):
     info = _ok(requests.get(f"{server.url}/info/", timeout=60), server).json()
     model = info["models"]["refsam3d"]
     assert model["type"] == "segmentation"  # OHIF (auto-segmentation, class prompts) and Slicer list it
-    assert model["labels"] == LABELS
+    assert model["labels"] == {**LABELS, "free text prompt": 255}  # free text is shown under its own name
     assert model["config"]["text_prompt"] == ""  # a text field in the viewers' options dialogs
     assert model["label_set"] == "test_abdomen"
     assert model["prompts"]["aorta"] == "CT images, abdominal organ segmentation, aorta"
-    assert info["labels"] == ["spleen", "kidney_right", "liver", "aorta"]
+    assert info["labels"] == ["spleen", "kidney_right", "liver", "aorta", "free text prompt"]
     # offline and untrained: said plainly in /info and in the log
     assert "meaningless until the train task publishes weights" in model["description"]
     assert any("no trained RefSAM3D weights" in w for w in model["warnings"])
@@ -74,7 +74,7 @@ def test_info_lists_model_labels_and_text_prompt_option(server):
 # ---------------------------------------------------------------------------------------------------- prompts
 def test_text_prompt_gives_one_mask_named_by_the_prompt(server):
     res = _ok(infer(server.url, "example_ct_sm", {"text_prompt": "  the liver  "}), server).json()
-    assert res["label_names"] == {"the liver": 1}  # not the whole label set (BasicInferTask overwrites it)
+    assert res["label_names"] == {"the liver": 255}  # not the whole label set (BasicInferTask overwrites it)
     assert res["prompt_mode"] == "text"
     assert set(res["voxels"]) == {"the liver"}
     assert res["model"]["preset"] == "small" and res["model"]["trained"] is False
@@ -92,7 +92,7 @@ def test_nrrd_uint8_as_ohif_and_slicer_ask_with_input_geometry(server):
     assert arr.dtype == np.uint8
     assert arr.shape == shape
     np.testing.assert_allclose(affine, ref_affine, atol=1e-3)
-    assert set(np.unique(arr).tolist()) <= {0, 1} and arr.max() == 1  # low threshold: the mask is not empty
+    assert set(np.unique(arr).tolist()) <= {0, 1} and arr.max() == 1  # spleen = 1; low threshold: not empty
 
 
 def test_label_prompt_uses_label_indices_and_label_names_match_mask(server):
@@ -111,9 +111,9 @@ def test_label_prompt_as_names_and_strings(server):
     assert res["label_names"] == {"liver": 5, "kidney_right": 2}
 
 
-def test_text_prompt_takes_precedence_over_label_prompt(server):
+def test_text_prompt_and_label_prompt_are_both_answered(server):
     res = _ok(infer(server.url, "example_ct_sm", {"text_prompt": "pancreas", "label_prompt": [1]}), server).json()
-    assert res["label_names"] == {"pancreas": 1}
+    assert res["label_names"] == {"pancreas": 255, "spleen": 1}  # both answered (test_app_viewer_state.py)
 
 
 def test_no_prompt_segments_every_label_as_one_multilabel_map(server):
@@ -142,7 +142,7 @@ def test_dicom_series_folder_as_input(server, totalseg_dir):
     ref = nib.as_closest_canonical(nib.load(str(totalseg_dir / "example_seg_dicom.nii.gz")))
     assert arr.shape == (512, 512, 20) and ours.shape == ref.shape
     np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-2)
-    assert params["label_names"] == {"liver": 1} and arr.max() == 1
+    assert params["label_names"] == {"liver": 5} and arr.max() == 5  # a label of the set: its own value
 
 
 def test_uploaded_mr_volume_keeps_its_geometry(server, hippocampus_dir):

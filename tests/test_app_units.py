@@ -86,7 +86,11 @@ def task():
 
 
 def test_prompt_precedence(task):
-    assert task.parse_prompts({"text_prompt": " big  liver ", "label_prompt": [1]}) == ("text", [("big liver", 1, "big liver")])
+    assert task.parse_prompts({"text_prompt": " big  liver ", "label_prompt": [1]}) == (
+        "text+labels", [("big liver", 255, "big liver"), ("spleen", 1, "CT images, spleen")])
+    assert task.parse_prompts({"text_prompt": "Ct_Images, LIVER"}) == ("text", [("liver", 5, "CT images, liver")])
+    assert task.parse_prompts({"text_prompt": "free text prompt", "label_prompt": ["free_text_prompt", 255]}) == (
+        "text+labels", [("free text prompt", 255, "free text prompt")])
     assert task.parse_prompts({"label_prompt": [5, 1, 5]}) == (
         "labels", [("liver", 5, "CT images, liver"), ("spleen", 1, "CT images, spleen")])
     assert task.parse_prompts({"label_prompt": "Liver"})[1] == [("liver", 5, "CT images, liver")]

@@ -179,7 +179,8 @@ def test_label_name_as_text_prompt_uses_the_trained_prompt(server):
     res = infer(server.url, case, {"text_prompt": "Posterior Hippocampus"})
     assert res.status_code == 200, res.text[:500]
     body = res.json()
-    assert body["label_names"] == {"Posterior Hippocampus": 1}
-    assert body["prompts"]["Posterior Hippocampus"].startswith("MRI images, hippocampus segmentation")
+    assert body["label_names"] == {"posterior hippocampus": 2}  # the label's own value, never anterior's 1
+    assert body["prompts"]["posterior hippocampus"].startswith("MRI images, hippocampus segmentation")
     free = infer(server.url, case, {"text_prompt": "hippocampus tail"}).json()
     assert free["prompts"] == {"hippocampus tail": "hippocampus tail"}  # other free text goes as typed
+    assert free["label_names"] == {"hippocampus tail": 255}  # under "free text prompt", not a hippocampus part

@@ -128,6 +128,25 @@ class RefSAM3DApp(MONAILabelApp):
 
             threading.Thread(target=preload, name="refsam3d-preload", daemon=True).start()
 
+    # ------------------------------------------------------------------ the served weights, where people look
+    def info(self):
+        """The app name (OHIF's panel title, Slicer's app name) says whether the weights are trained and how well."""
+        meta = super().info()
+        task = self._infers.get("refsam3d")
+        if task is not None:
+            meta["name"] = f"{self.name} - {task.weights_card()['headline']}"
+        return meta
+
+    def model_info(self, model):
+        """``GET /model/info/refsam3d``: MONAI Label's checksum and train stats, plus what the checkpoint records."""
+        info = super().model_info(model)
+        task = self._infers.get(model)
+        if info is not None and hasattr(task, "weights_card"):
+            card = task.weights_card()
+            info["weights"] = card
+            info.setdefault("train_stats", card.get("training") or {})
+        return info
+
     # ------------------------------------------------------------------ inference with readable client errors
     def infer(self, request, datastore=None):
         try:

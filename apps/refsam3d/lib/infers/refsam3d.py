@@ -2,11 +2,12 @@
 
 Prompts, in this order of precedence:
 
-* ``text_prompt`` (free text): one mask, value 1, named by the prompt; a prompt that is exactly a label
-  name of the set (any case) goes through that label's trained prompt (the response's ``prompts`` shows it);
+* ``text_prompt``: a label of the set (its name or prompt, any case) is that label, with its own value; other
+  free text is written with the value ``/info`` declares as "free text prompt" (255), never as another label;
 * ``label_prompt`` (label indices or names of the label set, as OHIF's class-prompt tab sends them):
   those labels with their own indices, each through the label set's text prompt;
-* neither: every label of the set, one multi-label map (automatic segmentation).
+* both: both answered, each under its own value; neither: every label of the set, one multi-label map.
+(``lib/infers/prompt_parsing.py``.)
 
 An empty ``text_prompt`` (``""``) means "no free text": 3D Slicer sends every option of the task,
 so an untouched text field arrives as ``""``.  A prompt of only spaces or punctuation, or longer
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,9 +32,11 @@ from monai.transforms import MapTransform, SpatialResample
 
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
+from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
 from lib.transforms import BadInputError, load_transforms
+from lib.weights_card import headline, read_summary
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
@@ -43,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 RESULT_EXTENSIONS = (".nrrd", ".seg.nrrd", ".nii.gz", ".nii")
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "uint32")
-MAX_LABEL_PROMPTS = 256
 
 
 class ModelUnavailableError(RuntimeError):
@@ -110,6 +111,7 @@ class RefSAM3DInfer(BasicInferTask):
         self.sw_batch_size = int(sw_batch_size)
         self.modality = (modality or label_set.modality).upper()
         self.max_prompt_chars = int(max_prompt_chars)
+        self.prompts = PromptParser(label_set, self.max_prompt_chars)
         self.prompt_chunk = int(prompt_chunk)
         self.extra_warnings = extra_warnings if extra_warnings is not None else []
         self._base_description = description or (
@@ -138,14 +140,27 @@ class RefSAM3DInfer(BasicInferTask):
     def warnings(self) -> List[str]:
         return self.store.warnings() + list(self.extra_warnings)
 
+    def weights_card(self) -> Dict[str, Any]:
+        """Whether the served weights are trained, on what and how well (``lib/weights_card.py``)."""
+        summary = read_summary(self.store.published_path)
+        return {"trained": summary is not None and not summary.get("unreadable"),
+                "headline": headline(summary, self.label_set.name), **(summary or {})}
+
+    def get_path(self, validate=True):
+        """The published weights (``GET /model/refsam3d`` downloads them, ``/model/info/refsam3d`` checksums them)."""
+        path = str(self.store.published_path)
+        return path if not validate or os.path.isfile(path) else None
+
     def info(self) -> Dict[str, Any]:
         warnings = self.warnings()
-        description = self._base_description
+        card = self.weights_card()
+        description = f"{card['headline']}. {self._base_description}"
         if warnings:
             description += " WARNING: " + " | ".join(warnings)
         return {
             "type": self.type,
-            "labels": self.labels,
+            "labels": self.prompts.declared_labels(),  # + "free text prompt", so viewers name free text right
+            "free_text_label": {"name": FREE_TEXT_NAME, "value": self.prompts.free_value},
             "dimension": self.dimension,
             "description": description,
             "config": self.config(),
@@ -155,81 +170,15 @@ class RefSAM3DInfer(BasicInferTask):
             "target_spacing": list(self.target_spacing),
             "roi_size": list(self.roi_size),
             "sw_overlap": self.sw_overlap,
-            "weights": self.store.status(),
+            "weights": {**self.store.status(), "card": card},
             "warnings": warnings,
             "cache": self.cache.stats(),
         }
 
     # ------------------------------------------------------------------ request parsing
     def parse_prompts(self, request: Dict[str, Any]) -> Tuple[str, List[Tuple[str, int, str]]]:
-        """(mode, [(name, value in the mask, text prompt)]); BadInputError(422) for bad prompts."""
-        text = request.get("text_prompt")
-        if text is not None and text != "":
-            if not isinstance(text, str):
-                raise BadInputError(f"text_prompt must be a string, got {type(text).__name__} {text!r}")
-            stripped = " ".join(text.split())
-            if not stripped or not re.search(r"\w", stripped):
-                raise BadInputError(
-                    "text_prompt is empty (only spaces or punctuation): describe the structure to segment, "
-                    "e.g. 'liver' or 'CT images, liver tumor segmentation'"
-                )
-            if len(stripped) > self.max_prompt_chars:
-                raise BadInputError(
-                    f"text_prompt is {len(stripped)} characters long; at most {self.max_prompt_chars} are allowed"
-                )
-            # a label name of the set goes through the prompt the model was trained with for it
-            trained = {name.lower(): prompt for name, prompt in self.label_set.prompts.items()}
-            return "text", [(stripped, 1, trained.get(stripped.lower(), stripped))]
-
-        raw = request.get("label_prompt")
-        items = self._label_prompt_items(raw)
-        if items:
-            chosen: List[Tuple[str, int, str]] = []
-            prompts = self.label_set.prompts
-            for item in items:
-                name = self._resolve_label(item)
-                if name not in [c[0] for c in chosen]:
-                    chosen.append((name, self.label_set.labels[name], prompts[name]))
-            return "labels", chosen
-        return "auto", [(n, i, self.label_set.prompts[n]) for n, i in self.label_set.labels.items()]
-
-    def _label_prompt_items(self, raw: Any) -> List[Any]:
-        if raw is None or raw == "" or raw == []:
-            return []
-        if isinstance(raw, bool):
-            raise BadInputError(f"label_prompt must be label indices (e.g. [1, 2]), got {raw!r}")
-        if isinstance(raw, (int, float)):
-            items: List[Any] = [raw]
-        elif isinstance(raw, str):
-            items = [s.strip() for s in raw.strip().strip("[]").split(",") if s.strip()]
-        elif isinstance(raw, (list, tuple)):
-            items = list(raw)
-        else:
-            raise BadInputError(f"label_prompt must be a list of label indices, got {type(raw).__name__}")
-        if len(items) > MAX_LABEL_PROMPTS:
-            raise BadInputError(f"label_prompt has {len(items)} entries; at most {MAX_LABEL_PROMPTS} are allowed")
-        return items
-
-    def _resolve_label(self, item: Any) -> str:
-        valid = ", ".join(f"{i}={n}" for n, i in self.label_set.labels.items())
-        if isinstance(item, bool) or not isinstance(item, (int, float, str)):
-            raise BadInputError(f"label_prompt entry {item!r} is not a label index; label set '{self.label_set.name}' has {valid}")
-        if isinstance(item, str) and not re.fullmatch(r"[+-]?\d+(\.0*)?", item.strip()):
-            try:
-                return self.label_set.name_of(self.label_set.index_of(item))
-            except KeyError:
-                raise BadInputError(
-                    f"label_prompt entry '{item}' is not a label of label set '{self.label_set.name}'; valid: {valid}"
-                ) from None
-        value = float(item)
-        if value != int(value):
-            raise BadInputError(f"label_prompt entry {item!r} is not an integer label index; valid: {valid}")
-        try:
-            return self.label_set.name_of(int(value))
-        except KeyError:
-            raise BadInputError(
-                f"label_prompt index {int(value)} is not in label set '{self.label_set.name}'; valid: {valid}"
-            ) from None
+        """(mode, [(name, value in the mask, text prompt)]); BadInputError(422) for bad prompts (lib/infers/prompt_parsing.py)."""
+        return self.prompts.parse(request)
 
     def _parse_options(self, request: Dict[str, Any]) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -389,6 +338,7 @@ class RefSAM3DInfer(BasicInferTask):
             "_label_names": {name: value for name, value, _ in prompts},
             "prompts": {name: text for name, _, text in prompts},
             "prompt_mode": data["_mode"],
+            "free_text": self.prompts.free_text(prompts),
             "model": {"preset": self.store.preset, "version": version, "trained": self.store.has_trained_weights()},
             "cache": {"image": data.get("_cache_image"), "encoding": "hit" if hit else "miss"},
             "warnings": self.warnings(),
