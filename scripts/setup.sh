@@ -3,13 +3,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-# System packages: a real Orthanc PACS with its DICOMweb plugin (used by the DICOMweb tests).
-if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then
+# System packages: a real Orthanc PACS with its DICOMweb plugin (used by the DICOMweb tests) and Debian's Chromium
+# (driven headless by playwright in the OHIF browser test; playwright's own browser download is never used).
+if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb chromium >/dev/null
   else
-    echo "WARNING: Orthanc + orthanc-dicomweb are not installed and this is not root: the DICOMweb tests will be skipped" >&2
+    echo "WARNING: Orthanc + orthanc-dicomweb + chromium are not installed and this is not root: the DICOMweb and browser tests will be skipped (and fail under CI=true)" >&2
   fi
 fi
 if [ ! -x .venv/bin/python ]; then
