@@ -111,6 +111,12 @@ class OhifSession:
         self.shots.append(path)
         return path
 
+    def wait_for_volume(self) -> None:
+        """Wait until the series is loaded as a cornerstone volume and drawn on a canvas."""
+        self.page.locator("canvas.cornerstone-canvas").first.wait_for(state="visible")
+        self.page.wait_for_function("() => { const c = window.cornerstone && window.cornerstone.cache;"
+                                    " return !!c && c.getVolumes().some(v => v.loadStatus && v.loadStatus.loaded); }")
+
     # ---------------------------------------------------------------------------------------------- MONAI Label
     def connect(self, server_url: str) -> str:
         """Type the server's address in the panel, press connect; the app name the panel then shows."""

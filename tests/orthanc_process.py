@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterable
 
 import requests
-from server_process import free_port
+from server_process import free_port, stop_process
 
 ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -72,15 +72,7 @@ class OrthancServer:
         return count
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+        stop_process(self.process, getattr(self, "_log", None))
 
     def __enter__(self) -> "OrthancServer":
         return self.start()

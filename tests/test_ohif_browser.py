@@ -62,12 +62,14 @@ def server(pacs, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ohif(tmp_path_factory):
+def ohif(tmp_path_factory, pytestconfig):
     if browser_missing():
         unavailable(browser_missing())
     with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(REPO_ROOT, "ohif_browser")) as s:
         yield s
-    print(f"\nOHIF screenshots: {', '.join(str(p) for p in s.shots)}")
+        s.screenshot("final")  # also after a failure: what OHIF showed then
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nOHIF screenshots, console log, request bodies: {s.artifacts}/ ({', '.join(p.name for p in s.shots)})")
 
 
 def server_mask(server: MonaiLabelServer, call: InferCall, series_uid: str):
@@ -143,7 +145,7 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
 
     # MONAI Label mode: the series renders in a WebGL viewport
     page.goto(f"{server.url}/ohif/monai-label?StudyInstanceUIDs={series.study_uid}")
-    page.locator(".cornerstone-canvas, canvas").first.wait_for(state="visible")
+    ohif.wait_for_volume()
     title = ohif.connect(server.url)
     info = requests.get(f"{server.url}/info/", timeout=60).json()
     assert title == info["name"]  # the panel shows the app name (with the state of the weights)
