@@ -3,7 +3,9 @@ OHIF v3 bundled by MONAI Label against the app served on DICOMweb from a real Or
 
 The study is a held-out MSD hippocampus case (never trained on) written as a DICOM MR series and stored in Orthanc;
 the app serves the shipped hippocampus checkpoint, so masks are meaningful.  Flows, in one browser session:
-study list -> MONAI Label mode -> connect -> Auto-segmentation -> Class Prompts -> free text through the options.
+study list -> MONAI Label mode -> connect -> Auto-segmentation -> Class Prompts -> a label's name typed in the options
+-> free text typed in the options -> Class Prompts with that text still in the options (both answered).
+(No point prompt: the app takes no clicks yet.)
 After each run the test reads OHIF's labelmap (``window.services.segmentationService``) and compares it voxel for
 voxel with the mask the server returns for the same request body, sent again by the test, each value under the name
 ``/info`` declares for it.  Screenshots and the request bodies OHIF sent are kept under ``test-artifacts/``."""
@@ -105,8 +107,10 @@ def check_run(ohif: OhifSession, server, series_uid, call: InferCall, names: lis
     received = read_volume(call.body, "ohif.nrrd")[0].ravel(order="F")
     np.testing.assert_array_equal(received, mask)  # what OHIF received is what the server answers
     declared = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]["labels"]
-    for name, value in label_names.items():  # every value written is declared in /info under its own name
-        assert declared.get(name) == value or (name not in declared and value in declared.values()), label_names
+    shown_as = {value: name for name, value in declared.items()}
+    for name, value in label_names.items():  # a label under its own value; free text under a value of its own
+        assert shown_as.get(value) == name or (name not in declared and shown_as.get(value) not in (None, *STRUCTURES)), \
+            f"{name!r} written as {value}, which /info declares as {shown_as.get(value)!r}"
     state = ohif.segmentation()
     expected = ohif_expected(mask, declared, state["names"], names, previous)
     counts = {int(v): int(c) for v, c in zip(*np.unique(expected, return_counts=True)) if v}
@@ -149,15 +153,15 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
     title = ohif.connect(server.url)
     info = requests.get(f"{server.url}/info/", timeout=60).json()
     assert title == info["name"]  # the panel shows the app name (with the state of the weights)
-    segments = ohif.segmentation()["names"]
-    assert set(STRUCTURES) <= set(segments.values()), segments
+    all_labels = sorted(info["models"]["refsam3d"]["labels"])  # what Auto-segmentation asks OHIF to show
+    segments = ohif.segmentation()["names"]  # one segment per label /info declares
+    assert set(segments.values()) == set(info["labels"]) | set(info["models"]["refsam3d"]["labels"]) >= set(STRUCTURES)
     ohif.screenshot("connected")
 
     # Auto-segmentation: every label of the set, each under its own name
     call = record("Auto-Segmentation", ohif.run(ohif.tab("Auto-Segmentation")))
     assert call.params["result_extension"] == ".nrrd" and call.params["restore_label_idx"] is False
-    label_names, mask, state, auto_counts = check_run(ohif, server, series.series_uid, call,
-                                                      sorted(info["models"]["refsam3d"]["labels"]))
+    label_names, mask, state, auto_counts = check_run(ohif, server, series.series_uid, call, all_labels)
     assert all(auto_counts.get(s, 0) > 50 for s in STRUCTURES), auto_counts  # both structures found, each named
     ohif.screenshot("auto_segmentation")
 
@@ -170,12 +174,19 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
     assert label_names == {"posterior hippocampus": 2}
     ohif.screenshot("class_prompts")
 
+    # a label's name typed in the options (another case), run by Auto-segmentation: shown under that label's name
+    ohif.set_option("text_prompt", "Posterior Hippocampus")
+    call = record("Options text_prompt (a label's name) + Auto-Segmentation", ohif.run(ohif.tab("Auto-Segmentation")))
+    assert call.params["text_prompt"] == "Posterior Hippocampus" and "label_prompt" not in call.params
+    label_names, mask, state, name_counts = check_run(ohif, server, series.series_uid, call, all_labels)
+    assert name_counts == {"posterior hippocampus": int((mask == 2).sum())} and name_counts["posterior hippocampus"] > 50
+    ohif.screenshot("label_name_as_text")
+
     # free text typed in the options, run by Auto-segmentation: shown under the name /info gives its value
     ohif.set_option("text_prompt", FREE_TEXT)
     call = record("Options text_prompt + Auto-Segmentation", ohif.run(ohif.tab("Auto-Segmentation")))
     assert call.params["text_prompt"] == FREE_TEXT
-    label_names, mask, state, text_counts = check_run(ohif, server, series.series_uid, call,
-                                                      sorted(info["models"]["refsam3d"]["labels"]))
+    label_names, mask, state, text_counts = check_run(ohif, server, series.series_uid, call, all_labels)
     value = label_names[FREE_TEXT]
     shown = next(n for n, v in info["models"]["refsam3d"]["labels"].items() if v == value)
     assert shown not in STRUCTURES, f"free text {FREE_TEXT!r} is shown as {shown!r}"
@@ -188,5 +199,5 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
     label_names, both_counts = check_class_prompts(ohif, server, series.series_uid, call, state)
     assert label_names == {"posterior hippocampus": 2, FREE_TEXT: value}  # no prompt silently dropped
     ohif.screenshot("class_prompts_and_free_text")
-    print(f"\nOHIF voxel counts: auto {auto_counts}, class prompts {class_counts}, free text {text_counts}, "
-          f"class prompts + free text {both_counts}")
+    print(f"\nOHIF voxel counts: auto {auto_counts}, class prompts {class_counts}, label name as text {name_counts}, "
+          f"free text {text_counts}, class prompts + free text {both_counts}")
