@@ -52,6 +52,17 @@ def write_label_set(path: Path, data: Dict[str, Any] = TEST_LABEL_SET) -> Path:
     return path
 
 
+def small_server_conf(root: Path, text_encoder: Path) -> Dict[str, str]:
+    """``--conf`` of an offline test server: small preset, :data:`TEST_LABEL_SET`, weights in ``root/model``."""
+    return {
+        "preset": "small",
+        "label_set": str(write_label_set(root / "test_abdomen.json")),
+        "text_encoder": str(text_encoder),
+        "use_pretrained_model": "false",
+        "model_dir": str(root / "model"),
+    }
+
+
 def infer(url: str, image: Optional[str], params: Dict[str, Any] | str | None = None, output: Optional[str] = "json",
           file: Optional[Path] = None, model: str = "refsam3d", timeout: float = 900) -> requests.Response:
     query = {}

@@ -20,7 +20,7 @@ from app_fixtures import (
     parse_all,
     read_nrrd,
     read_volume,
-    write_label_set,
+    small_server_conf,
 )
 from server_process import MonaiLabelServer
 
@@ -31,13 +31,7 @@ LABELS = {e["name"]: e["index"] for e in TEST_LABEL_SET["labels"]}
 def server(tmp_path_factory, totalseg_dir, hippocampus_dir, tiny_text_encoder):
     root = tmp_path_factory.mktemp("app-server")
     studies = build_studies(root / "studies", totalseg_dir, hippocampus_dir)
-    conf = {
-        "preset": "small",
-        "label_set": str(write_label_set(root / "test_abdomen.json")),
-        "text_encoder": str(tiny_text_encoder),
-        "use_pretrained_model": "false",
-        "model_dir": str(root / "model"),
-    }
+    conf = small_server_conf(root, tiny_text_encoder)
     srv = MonaiLabelServer(studies, conf, root / "server.log")
     srv.start()
     srv.root, srv.studies_dir, srv.model_dir = root, studies, root / "model"

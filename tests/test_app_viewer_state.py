@@ -17,7 +17,7 @@ import json
 import numpy as np
 import pytest
 import requests
-from app_fixtures import TEST_LABEL_SET, build_studies, infer, parse_all, read_volume, write_label_set
+from app_fixtures import TEST_LABEL_SET, build_studies, infer, parse_all, read_volume, small_server_conf
 from server_process import MonaiLabelServer
 
 LABELS = {e["name"]: e["index"] for e in TEST_LABEL_SET["labels"]}
@@ -31,13 +31,7 @@ TEST_EVALUATION = {"split_part": "test", "num_cases": 12, "mirror_axes": [], "me
 def server(tmp_path_factory, totalseg_dir, hippocampus_dir, tiny_text_encoder):
     root = tmp_path_factory.mktemp("viewer-state")
     studies = build_studies(root / "studies", totalseg_dir, hippocampus_dir, cases=())
-    conf = {
-        "preset": "small",
-        "label_set": str(write_label_set(root / "test_abdomen.json")),
-        "text_encoder": str(tiny_text_encoder),
-        "use_pretrained_model": "false",
-        "model_dir": str(root / "model"),
-    }
+    conf = small_server_conf(root, tiny_text_encoder)
     with MonaiLabelServer(studies, conf, root / "server.log") as srv:
         srv.root, srv.model_dir = root, root / "model"
         yield srv
@@ -156,6 +150,7 @@ def test_ticking_free_text_prompt_in_class_prompts_segments_the_text(server):
 def test_untrained_weights_are_said_in_the_app_name_and_description(untrained):
     info = _info(untrained)
     assert "UNTRAINED weights" in info["name"] and info["name"].startswith("RefSAM3D Label (small, test_abdomen)")
+    assert info["description"].startswith("UNTRAINED weights")
     model = info["models"]["refsam3d"]
     assert model["description"].startswith("UNTRAINED weights")
     assert model["weights"]["card"]["trained"] is False
@@ -166,7 +161,7 @@ def test_trained_weights_show_label_set_and_test_dice(trained):
 
     info = MONAILabelClient(trained.url).info()
     assert "trained on test_abdomen, test Dice 0.877 (12 held-out cases)" in info["name"]
-    assert "UNTRAINED" not in info["name"]
+    assert "UNTRAINED" not in info["name"] and info["description"].startswith("trained on test_abdomen, test Dice")
     model = info["models"]["refsam3d"]
     assert model["description"].startswith("trained on test_abdomen, test Dice 0.877")
     card = model["weights"]["card"]

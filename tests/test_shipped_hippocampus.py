@@ -7,6 +7,7 @@ through a live server, so a code change that breaks the stored weights or the pr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import requests
 from app_fixtures import infer, read_volume
 from server_process import REPO_ROOT, MonaiLabelServer
 
@@ -184,3 +186,13 @@ def test_label_name_as_text_prompt_uses_the_trained_prompt(server):
     free = infer(server.url, case, {"text_prompt": "hippocampus tail"}).json()
     assert free["prompts"] == {"hippocampus tail": "hippocampus tail"}  # other free text goes as typed
     assert free["label_names"] == {"hippocampus tail": 255}  # under "free text prompt", not a hippocampus part
+
+
+def test_viewers_are_told_what_the_shipped_weights_are(server):
+    info = requests.get(f"{server.url}/info/", timeout=60).json()
+    # the numbers the benchmark wrote into the checkpoint (checkpoints/README.md: one pass 0.891 on 40 held-out cases)
+    assert info["name"].endswith("trained on msd_hippocampus, test Dice 0.891 (40 held-out cases)")
+    assert info["models"]["refsam3d"]["description"].startswith("trained on msd_hippocampus, test Dice 0.891")
+    meta = requests.get(f"{server.url}/model/info/refsam3d", timeout=60).json()
+    assert meta["checksum"] == "SHA256:" + hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
+    assert meta["train_stats"]["iteration"] == 7038 and meta["weights"]["test"]["num_cases"] == 40

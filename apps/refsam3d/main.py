@@ -130,11 +130,13 @@ class RefSAM3DApp(MONAILabelApp):
 
     # ------------------------------------------------------------------ the served weights, where people look
     def info(self):
-        """The app name (OHIF's panel title, Slicer's app name) says whether the weights are trained and how well."""
+        """The app name (OHIF's panel title, Slicer's app name) and description say whether the weights are trained."""
         meta = super().info()
         task = self._infers.get("refsam3d")
         if task is not None:
-            meta["name"] = f"{self.name} - {task.weights_card()['headline']}"
+            state = task.weights_card()["headline"]
+            meta["name"] = f"{self.name} - {state}"
+            meta["description"] = f"{state}. {self.description}"  # Slicer shows the app's description too
         return meta
 
     def model_info(self, model):
