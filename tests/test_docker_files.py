@@ -7,7 +7,6 @@ import fnmatch
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
-from server_process import REPO_ROOT, free_port
+from server_process import REPO_ROOT, free_port, stop_process
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -131,7 +130,7 @@ def test_entrypoint_starts_the_server_with_conf_from_environment(tmp_path, hippo
            "REFSAM3D_CONF_MODEL_DIR": str(tmp_path / "model"), "REFSAM3D_CONF_PRELOAD": "false"}
     log = open(tmp_path / "server.log", "w")
     proc = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                            cwd=str(tmp_path), start_new_session=True)
+                            cwd=str(tmp_path))
     try:
         info, deadline = None, time.time() + 600
         while time.time() < deadline and proc.poll() is None:
@@ -147,10 +146,4 @@ def test_entrypoint_starts_the_server_with_conf_from_environment(tmp_path, hippo
         assert "minilm" in model["weights"]["text_encoder"].lower()  # the offline all-MiniLM-L6-v2
         assert "--conf preset small" in output and "--studies " + str(studies) in output
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_process(proc, log)  # the entrypoint exec's the server: this is its process
