@@ -192,6 +192,7 @@ def test_concurrent_requests_on_one_study_encode_it_once(server):
 
 
 def test_info_reports_the_cache(server):
+    _ok(infer(server.url, "example_ct_sm", {"label_prompt": [1]}), server)  # at least an image and an encoding
     cache = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]["cache"]
     assert cache["entries"] >= 2 and 0 < cache["bytes"] <= cache["max_bytes"]
 
@@ -278,22 +279,28 @@ def test_published_weights_are_used_without_restart(server, tiny_text_encoder):
     import torch
     from lib.model import build_refsam3d, save_checkpoint
 
-    before = _ok(infer(server.url, "hippocampus_004", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
+    before = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
     assert before["model"]["version"].startswith("base:")
-    torch.manual_seed(123)
-    model = build_refsam3d("small", text_encoder=str(tiny_text_encoder))
-    save_checkpoint(model, server.model_dir / "refsam3d_small.pt", extra={"labels": LABELS})
+    published = server.model_dir / "refsam3d_small.pt"
+    try:
+        torch.manual_seed(123)
+        model = build_refsam3d("small", text_encoder=str(tiny_text_encoder))
+        save_checkpoint(model, server.model_dir / "refsam3d_small.pt", extra={"labels": LABELS})
 
-    after = _ok(infer(server.url, "hippocampus_004", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
-    assert after["model"]["version"].startswith("published:") and after["model"]["trained"] is True
-    assert after["cache"]["encoding"] == "miss"  # new weights: the old encoding is not reused
-    info = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]
-    assert not any("no trained RefSAM3D weights" in w for w in info["warnings"])
-    assert info["weights"]["published_weights"].endswith("refsam3d_small.pt")
+        after = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
+        assert after["model"]["version"].startswith("published:") and after["model"]["trained"] is True
+        assert after["cache"]["encoding"] == "miss"  # new weights: the old encoding is not reused
+        info = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]
+        assert not any("no trained RefSAM3D weights" in w for w in info["warnings"])
+        assert info["weights"]["published_weights"].endswith("refsam3d_small.pt")
 
-    # a half-written or corrupt file must not break serving: the previous weights stay in use
-    time.sleep(0.01)
-    (server.model_dir / "refsam3d_small.pt").write_bytes(b"not a checkpoint")
-    again = _ok(infer(server.url, "hippocampus_004", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
-    assert again["model"]["version"] == after["model"]["version"]
-    assert any("could not be loaded" in w for w in again["warnings"])
+        # a half-written or corrupt file must not break serving: the previous weights stay in use
+        time.sleep(0.01)
+        (server.model_dir / "refsam3d_small.pt").write_bytes(b"not a checkpoint")
+        again = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
+        assert again["model"]["version"] == after["model"]["version"]
+        assert any("could not be loaded" in w for w in again["warnings"])
+    finally:  # the other tests of this module expect the untrained state, whatever the order
+        published.unlink(missing_ok=True)
+        back = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server)
+        assert back.json()["model"]["version"].startswith("base:")
