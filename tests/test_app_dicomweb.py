@@ -6,7 +6,6 @@ Offline, MONAI Label's dcmqi download fails: the server must still start and wri
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -15,16 +14,15 @@ import numpy as np
 import pytest
 import requests
 from app_fixtures import infer, parse_all, read_volume
+from conftest import ORTHANC_PLUGIN as DICOMWEB_PLUGIN
+from conftest import orthanc_binary, require
 from server_process import MonaiLabelServer, free_port
-
-ORTHANC = shutil.which("Orthanc") or ("/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").exists() else None)
-DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
-        pytest.skip("Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
+    orthanc_exe = orthanc_binary()
+    require(orthanc_exe is not None, "Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)")
     root = tmp_path_factory.mktemp("orthanc")
     port = free_port()
     config = {
@@ -35,7 +33,7 @@ def orthanc(tmp_path_factory):
     }
     (root / "orthanc.json").write_text(json.dumps(config))
     log = open(root / "orthanc.log", "w")
-    proc = subprocess.Popen([ORTHANC, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([orthanc_exe, str(root / "orthanc.json")], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -62,8 +60,7 @@ def stored_series(orthanc, shared_data):
     import pydicom
 
     folder = shared_data / "tcia-brain-mri-dicom" / "12-T1post-05670"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
+    require(folder.is_dir(), f"{folder} is absent")
     series = None
     for f in sorted(folder.iterdir()):
         series = str(pydicom.dcmread(str(f), stop_before_pixels=True).SeriesInstanceUID)
