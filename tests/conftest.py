@@ -16,7 +16,8 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = REPO_ROOT / "apps" / "refsam3d"
-SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+# the real data: ../shared/data beside the repository (REFSAM3D_TEST_DATA names another folder, e.g. to check the CI guard)
+SHARED_DATA = Path(os.environ.get("REFSAM3D_TEST_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
