@@ -6,6 +6,7 @@ MSD hippocampus cases.  The label set is a 4-label TotalSegmentator subset (``--
 
 from __future__ import annotations
 
+import os
 import threading
 
 import nibabel as nib
@@ -215,6 +216,20 @@ def test_concurrent_requests_on_one_study_encode_it_once(server):
 
     other = _ok(infer(server.url, "hippocampus_004", {"text_prompt": "right hippocampus", "modality": "MR"}), server).json()
     assert other["cache"] == {"image": "hit", "encoding": "hit"}  # another prompt, same study: no new encoding
+
+
+def test_a_study_edited_on_disk_is_read_and_encoded_again(server):
+    path = server.studies_dir / "hippocampus_006.nii.gz"
+    params = {"text_prompt": "hippocampus", "modality": "MR", "threshold": 0.05}
+    _ok(infer(server.url, "hippocampus_006", params), server)
+    assert _ok(infer(server.url, "hippocampus_006", params), server).json()["cache"] == {"image": "hit", "encoding": "hit"}
+    img = nib.load(str(path))
+    edited = np.ascontiguousarray(np.asanyarray(img.dataobj)[::-1])  # same size and header, other voxels
+    nib.save(nib.Nifti1Image(edited, img.affine, img.header), str(path))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time, whatever the clock
+    assert _ok(infer(server.url, "hippocampus_006", params), server).json()["cache"] == {"image": "miss",
+                                                                                      "encoding": "miss"}
 
 
 def test_info_reports_the_cache(server):
