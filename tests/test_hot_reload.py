@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from app_fixtures import infer, read_volume
+from app_fixtures import infer, parse_all, read_volume
 from server_process import REPO_ROOT, MonaiLabelServer
 
 SHIPPED = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
@@ -56,8 +56,6 @@ def publish(source: Path, published: Path) -> None:
 def served(server, case: str) -> tuple[np.ndarray, dict]:
     res = infer(server.url, case, REQUEST, output="all")
     assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{server.log()[-3000:]}"
-    from app_fixtures import parse_all
-
     params, image, name = parse_all(res)
     return read_volume(image, name)[0], params
 

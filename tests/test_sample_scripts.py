@@ -12,7 +12,7 @@ import json
 import nibabel as nib
 import numpy as np
 import requests
-from app_fixtures import infer, read_volume
+from app_fixtures import infer, parse_all, read_volume
 from server_process import REPO_ROOT, ScriptServer
 
 
@@ -40,8 +40,6 @@ def test_start_server_script_serves_the_offline_sample_studies(tmp_path, shared_
         assert {"example_ct", "example_ct_sm"} <= set(datastore["objects"])  # copies of ../shared/data
         res = infer(server.url, "example_ct_sm", {"text_prompt": "liver", "threshold": 0.05}, output="all")
         assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{server.log()[-3000:]}"
-        from app_fixtures import parse_all
-
         params, image, name = parse_all(res)
         mask, _ = read_volume(image, name)
         assert params["label_names"] == {"liver": 1} and mask.shape == nib.load(
