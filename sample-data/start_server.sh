@@ -7,7 +7,9 @@
 #   DEMO=hippocampus bash sample-data/start_server.sh       # always the shipped hippocampus demo
 #   bash sample-data/start_server.sh --conf preset small    # extra arguments go to monailabel start_server; with
 #                                                           # --conf preset/label_set (or LABEL_SET) it is CT mode
-# Env: HOST, PORT, LABEL_SET, DEMO=auto|ct|hippocampus (default auto), CASES (hippocampus demo only).
+# Env: HOST, PORT (default 127.0.0.1:8000), LABEL_SET (btcv), DEMO=auto|ct|hippocampus (default auto),
+# STUDIES (sample-data/studies; the demo's: sample-data/hippocampus-studies), CASES and MODEL_DIR (demo only),
+# OFFLINE=1 (never try the internet for sample studies), SKIP_SETUP=1 (use the existing .venv as it is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,7 +27,7 @@ if [ "$demo" = auto ]; then
 fi
 case "$demo" in ct | hippocampus) ;; *) echo "DEMO must be auto, ct or hippocampus, got '$demo'" >&2; exit 2 ;; esac
 
-if [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi
+if [ "${SKIP_SETUP:-0}" != 1 ] && [ -f scripts/setup.sh ]; then bash scripts/setup.sh; fi
 line="=================================================================================================="
 if [ ! -f "$trained" ]; then
   if [ -f model/sam_vit_b_01ec64.pth ] && { [ -d model/text_encoders/openai__clip-vit-base-patch16 ] ||
@@ -50,6 +52,9 @@ fi
 if [ "$demo" = hippocampus ]; then
   SKIP_SETUP=1 exec bash sample-data/start_hippocampus_demo.sh "$@"
 fi
-.venv/bin/python sample-data/get_sample_data.py
-exec .venv/bin/python -m monailabel.main start_server --app apps/refsam3d --studies sample-data/studies \
+studies=${STUDIES:-sample-data/studies}
+offline=()
+if [ "${OFFLINE:-0}" = 1 ]; then offline=(--offline); fi
+.venv/bin/python sample-data/get_sample_data.py --dest "$studies" "${offline[@]}"
+exec .venv/bin/python -m monailabel.main start_server --app apps/refsam3d --studies "$studies" \
   --host "${HOST:-127.0.0.1}" --port "${PORT:-8000}" --conf label_set "${LABEL_SET:-btcv}" "$@"

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The README's test command: set up the environment, then run the whole test suite on the CPU.
+# The README's test command: set up the environment, then run the whole test suite on the CPU, in a random order
+# (pytest-randomly) whose seed is printed, so that a failure that depends on the order can be replayed.
+#   TEST_SEED=1234 bash scripts/test.sh     # the same order again
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-.venv/bin/python -m pytest tests -q -rs "$@"
+seed=${TEST_SEED:-$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}
+echo "Test order: random, seed $seed (replay it with TEST_SEED=$seed bash scripts/test.sh)"
+.venv/bin/python -m pytest tests -q -rs -p randomly --randomly-seed="$seed" "$@"

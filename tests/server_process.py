@@ -1,4 +1,4 @@
-"""Start the real ``monailabel start_server`` on a free 127.0.0.1 port for a test session."""
+"""Start the real ``monailabel start_server`` (directly or through a repository script) on a free 127.0.0.1 port."""
 
 from __future__ import annotations
 
@@ -35,37 +35,33 @@ def stop_process(process: subprocess.Popen | None, log=None) -> None:
         log.close()
 
 
-class MonaiLabelServer:
-    """A running MONAI Label server process; use as a context manager.
+class ServerProcess:
+    """A server process answering ``GET /info/`` on a free 127.0.0.1 port; use as a context manager.
 
-    ``conf`` becomes ``--conf key value`` pairs; the server log is written to ``log_path``.
+    Subclasses give the command (``command()``); its output goes to ``log_path``.
     """
 
-    def __init__(self, studies: str | Path, conf: Mapping[str, str], log_path: Path,
-                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
-        self.studies = str(studies)
-        self.conf = dict(conf)
+    def __init__(self, log_path: Path, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
         self.log_path = Path(log_path)
-        self.app_dir = Path(app_dir)
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "MonaiLabelServer":
-        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(self.app_dir),
-               "--studies", self.studies, "--host", "127.0.0.1", "--port", str(self.port)]
-        for key, value in self.conf.items():
-            cmd += ["--conf", key, str(value)]
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> "ServerProcess":
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **self.extra_env}
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO_ROOT))
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=str(REPO_ROOT))
         deadline = time.time() + self.startup_timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"monailabel exited with {self.process.returncode}; log:\n{self.log()[-5000:]}")
+                raise RuntimeError(f"the server exited with {self.process.returncode}; log:\n{self.log()[-5000:]}")
             try:
                 if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
                     return self
@@ -73,7 +69,7 @@ class MonaiLabelServer:
                 pass
             time.sleep(1.0)
         self.stop()
-        raise TimeoutError(f"monailabel did not answer /info/ within {self.startup_timeout}s; log:\n{self.log()[-5000:]}")
+        raise TimeoutError(f"the server did not answer /info/ within {self.startup_timeout}s; log:\n{self.log()[-5000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -81,8 +77,39 @@ class MonaiLabelServer:
     def stop(self) -> None:
         stop_process(self.process, getattr(self, "_log", None))
 
-    def __enter__(self) -> "MonaiLabelServer":
+    def __enter__(self):
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class MonaiLabelServer(ServerProcess):
+    """The real ``monailabel start_server`` with the app; ``conf`` becomes ``--conf key value`` pairs."""
+
+    def __init__(self, studies: str | Path, conf: Mapping[str, str], log_path: Path,
+                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
+        super().__init__(log_path, startup_timeout, env)
+        self.studies = str(studies)
+        self.conf = dict(conf)
+        self.app_dir = Path(app_dir)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(self.app_dir),
+               "--studies", self.studies, "--host", "127.0.0.1", "--port", str(self.port)]
+        for key, value in self.conf.items():
+            cmd += ["--conf", key, str(value)]
+        return cmd
+
+
+class ScriptServer(ServerProcess):
+    """A start-up script of the repository (``bash <script> <args>``), told its port with ``HOST`` / ``PORT``."""
+
+    def __init__(self, script: Path, args: list[str], log_path: Path, startup_timeout: float = 600.0,
+                 env: Mapping[str, str] | None = None):
+        super().__init__(log_path, startup_timeout, env)
+        self.script, self.args = Path(script), list(args)
+        self.extra_env.update({"HOST": "127.0.0.1", "PORT": str(self.port)})
+
+    def command(self) -> list[str]:
+        return ["bash", str(self.script), *self.args]

@@ -5,9 +5,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from types import SimpleNamespace
+from typing import NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -124,3 +126,79 @@ def test_dice_scoring_on_a_local_datastore(tmp_path, hippocampus_dir):
     # uncertainty scoring leaves labelled studies alone (all are labelled here: nothing to do, no model needed)
     summary = build_scoring_methods(tc)["uncertainty"]({}, ds)
     assert summary["total"] == 0 and summary["executed"] == 0
+
+
+class _Encoding(NamedTuple):
+    """The fields the sliding-window code stores for one window (``lib.inference``)."""
+
+    stages: list
+    mask_features: torch.Tensor
+    input_shape: tuple
+    scaled_shape: tuple
+
+
+class IntensityModel(torch.nn.Module):
+    """A network whose probabilities are set by the image: p = sigmoid(gain * (intensity - 0.5)) for every prompt.
+
+    After the MR pre-processing (0.5-99.5 percentiles -> [0, 1]) a two-valued image gives p ~ 0 or 1 (a confident
+    model) and an image that is mostly mid-grey gives p = 0.5 (an undecided one)."""
+
+    def __init__(self, gain: float = 40.0):
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.tensor(gain), requires_grad=False)
+        self.windows = 0
+
+    def encode_text(self, prompts):
+        return len(prompts)
+
+    def encode_image(self, window):
+        self.windows += 1
+        return _Encoding([], window, tuple(window.shape[2:]), tuple(window.shape[2:]))
+
+    def decode(self, encoding, num_prompts):
+        logits = self.gain * (encoding.mask_features - 0.5)
+        return logits.expand(-1, num_prompts, *logits.shape[2:])
+
+
+def _controlled_studies(folder):
+    """``x_ambiguous`` (mostly mid-grey) and ``a_confident`` (two flat halves) -- named so that a tie picks the wrong one."""
+    folder.mkdir(parents=True)
+    confident = np.zeros((24, 24, 24), np.float32)
+    confident[12:] = 100.0
+    ambiguous = np.full((24, 24, 24), 50.0, np.float32)
+    ambiguous[:2], ambiguous[-2:] = 0.0, 100.0
+    nib.save(nib.Nifti1Image(confident, np.eye(4)), str(folder / "a_confident.nii.gz"))
+    nib.save(nib.Nifti1Image(ambiguous, np.eye(4)), str(folder / "x_ambiguous.nii.gz"))
+
+
+def test_uncertainty_ranks_an_undecided_study_above_a_confident_one_and_skips_scored_ones(tmp_path):
+    from monailabel.datastore.local import LocalDatastore
+
+    from lib.activelearning import UncertaintyScoring
+    from lib.labelsets import load_label_set
+
+    _controlled_studies(tmp_path / "studies")
+    ds = LocalDatastore(str(tmp_path / "studies"), extensions=("*.nii.gz",), auto_reload=False)
+    model = IntensityModel().eval()
+    published = tmp_path / "refsam3d_small.pt"
+    published.write_bytes(b"weights v1")
+    store = SimpleNamespace(published_path=published, get=lambda: (model, "v1"))
+    tc = SimpleNamespace(label_set=load_label_set("msd_hippocampus"), store=store, conf={}, preset="small",
+                         roi_size=(16, 16, 16), sw_overlap=0.25, modality="MR", target_spacing=(1.0, 1.0, 1.0))
+
+    summary = UncertaintyScoring(tc)({}, ds)
+    assert summary["executed"] == 2 and summary["skipped"] == 0
+    scores = {i: ds.get_image_info(i)["uncertainty"] for i in ("a_confident", "x_ambiguous")}
+    entropy = {i: ds.get_image_info(i)["uncertainty_entropy"] for i in scores}
+    assert entropy["a_confident"] < 0.05 and entropy["x_ambiguous"] > 0.8, entropy
+    assert scores["x_ambiguous"] > scores["a_confident"] + 0.3, scores
+    assert UncertaintyStrategy(tc)({"strategy": "uncertainty"}, ds)["id"] == "x_ambiguous"
+
+    # the same weights again: nothing is recomputed
+    windows = model.windows
+    again = UncertaintyScoring(tc)({}, ds)
+    assert again["executed"] == 0 and again["skipped"] == 2 and model.windows == windows
+    assert {i: ds.get_image_info(i)["uncertainty"] for i in scores} == scores
+    # new weights published (the version is the file's mtime): every study is scored again
+    os.utime(published, ns=(published.stat().st_atime_ns, published.stat().st_mtime_ns + 10**9))
+    assert UncertaintyScoring(tc)({}, ds)["executed"] == 2 and model.windows > windows

@@ -12,15 +12,14 @@ import numpy as np
 import pytest
 import requests
 from app_fixtures import infer, parse_all, read_volume
+from conftest import require
 from orthanc_process import OrthancServer, orthanc_missing
 from server_process import MonaiLabelServer
 
 
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory):
-    missing = orthanc_missing()
-    if missing:
-        pytest.skip(missing)
+    require(orthanc_missing() is None, orthanc_missing() or "")
     with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
         yield server.url
 
@@ -33,8 +32,7 @@ def stored_series(orthanc, shared_data):
     import pydicom
 
     folder = shared_data / "tcia-brain-mri-dicom" / "12-T1post-05670"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent")
+    require(folder.is_dir(), f"{folder} is absent")
     series = None
     for f in sorted(folder.iterdir()):
         series = str(pydicom.dcmread(str(f), stop_before_pixels=True).SeriesInstanceUID)
@@ -93,18 +91,47 @@ def test_segments_a_dicomweb_series_by_its_uid(dicomweb_server, stored_series):
     assert requests.get(f"{dicomweb_server.url}/info/", timeout=60).status_code == 200
 
 
-def test_dicom_seg_output_offline(dicomweb_server, stored_series):
+def test_dicom_seg_output_offline(dicomweb_server, stored_series, tmp_path):
+    """The DICOM-SEG decodes (pydicom-seg): one segment per label in the mask, named from ``label_info``, whose
+    frames are exactly the ``output=image`` mask of the same request, on the series' grid."""
     import pydicom
+    import pydicom_seg
+    import SimpleITK as sitk
 
-    series, _ = stored_series
+    series, folder = stored_series
     info = requests.get(f"{dicomweb_server.url}/info/", timeout=60).json()["models"]["refsam3d"]
     assert any("itkimage2segimage" in w for w in info["warnings"])  # the failed dcmqi download is reported
-    label_info = [{"name": "liver", "description": "liver", "model_name": "refsam3d"}]
-    res = infer(dicomweb_server.url, series, {"label_prompt": [5], "modality": "MR", "threshold": 0.05,
-                                              "label_info": label_info}, output="dicom_seg")
+    # MONAI Label gives label_info[i] to the i-th label value present in the mask (1 = spleen, 5 = liver)
+    label_info = [{"name": "spleen", "description": "the spleen", "model_name": "refsam3d"},
+                  {"name": "liver", "description": "the liver", "model_name": "refsam3d"}]
+    params = {"label_prompt": [5, 1], "modality": "MR", "threshold": 0.05, "label_info": label_info,
+              "result_extension": ".nii.gz"}
+    image = infer(dicomweb_server.url, series, params, output="image")
+    assert image.status_code == 200, f"{image.status_code} {image.text[:500]}\n{dicomweb_server.log()[-3000:]}"
+    mask, _ = read_volume(image.content, "mask.nii.gz")
+    assert set(np.unique(mask).tolist()) == {0, 1, 5}, "both labels must be in the mask for this check"
+
+    res = infer(dicomweb_server.url, series, params, output="dicom_seg")
     assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{dicomweb_server.log()[-3000:]}"
-    path = Path(dicomweb_server.log_path).parent / "seg.dcm"
+    path = tmp_path / "seg.dcm"
     path.write_bytes(res.content)
     ds = pydicom.dcmread(str(path))
     assert ds.Modality == "SEG"
     assert ds.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    segments = {int(s.SegmentNumber): s for s in ds.SegmentSequence}
+    assert sorted(segments) == [1, 5]
+    assert segments[1].SegmentLabel == "spleen" and segments[5].SegmentLabel == "liver"
+    assert segments[5].SegmentDescription == "the liver"
+
+    seg = pydicom_seg.SegmentReader().read(ds)
+    assert sorted(seg.available_segments) == [1, 5]
+    ref = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder)))
+    for number in (1, 5):
+        frames = seg.segment_image(number)
+        assert frames.GetSize() == ref.GetSize() == mask.shape
+        np.testing.assert_allclose(frames.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+        np.testing.assert_allclose(frames.GetDirection(), ref.GetDirection(), atol=1e-5)
+        np.testing.assert_allclose(frames.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+        decoded = sitk.GetArrayFromImage(frames).transpose(2, 1, 0).astype(bool)  # (z, y, x) -> (x, y, z)
+        assert decoded.any()
+        np.testing.assert_array_equal(decoded, mask == number)

@@ -6,8 +6,8 @@ MSD hippocampus cases.  The label set is a 4-label TotalSegmentator subset (``--
 
 from __future__ import annotations
 
+import os
 import threading
-import time
 
 import nibabel as nib
 import numpy as np
@@ -87,6 +87,27 @@ def test_nrrd_uint8_as_ohif_and_slicer_ask_with_input_geometry(server):
     assert arr.shape == shape
     np.testing.assert_allclose(affine, ref_affine, atol=1e-3)
     assert set(np.unique(arr).tolist()) <= {0, 1} and arr.max() == 1  # spleen = 1; low threshold: not empty
+
+
+@pytest.mark.parametrize("extension", [".seg.nrrd", ".nrrd", ".nii.gz"])
+def test_uint16_label_map_in_the_formats_viewers_ask_for(server, extension, tmp_path):
+    """OHIF asks for ``.seg.nrrd`` / ``uint16``: the file reads back with the input's grid and the label values."""
+    params = {"label_prompt": [52, 1, 5], "result_extension": extension, "result_dtype": "uint16", "threshold": 0.05}
+    res = _ok(infer(server.url, "example_ct_sm", params, output="image"), server)
+    path = tmp_path / f"labels{extension}"
+    path.write_bytes(res.content)
+    if extension.endswith(".nrrd"):
+        arr, affine = read_nrrd(str(path))
+    else:
+        img = nib.load(str(path))
+        arr, affine = np.asanyarray(img.dataobj), img.affine
+        assert img.get_data_dtype() == np.uint16
+    assert arr.dtype == np.uint16
+    shape, ref_affine = _geometry(server.studies_dir / "example_ct_sm.nii.gz")
+    assert arr.shape == shape
+    np.testing.assert_allclose(affine, ref_affine, atol=1e-3)
+    values = set(np.unique(arr).tolist()) - {0}
+    assert values and values <= {52, 1, 5}
 
 
 def test_label_prompt_uses_label_indices_and_label_names_match_mask(server):
@@ -191,10 +212,26 @@ def test_concurrent_requests_on_one_study_encode_it_once(server):
     assert other["cache"] == {"image": "hit", "encoding": "hit"}  # another prompt, same study: no new encoding
 
 
+def test_a_study_edited_on_disk_is_read_and_encoded_again(server):
+    path = server.studies_dir / "hippocampus_006.nii.gz"
+    params = {"text_prompt": "hippocampus", "modality": "MR", "threshold": 0.05}
+    _ok(infer(server.url, "hippocampus_006", params), server)
+    assert _ok(infer(server.url, "hippocampus_006", params), server).json()["cache"] == {"image": "hit", "encoding": "hit"}
+    img = nib.load(str(path))
+    edited = np.ascontiguousarray(np.asanyarray(img.dataobj)[::-1])  # same size and header, other voxels
+    nib.save(nib.Nifti1Image(edited, img.affine, img.header), str(path))
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a later modification time, whatever the clock
+    assert _ok(infer(server.url, "hippocampus_006", params), server).json()["cache"] == {"image": "miss",
+                                                                                      "encoding": "miss"}
+
+
 def test_info_reports_the_cache(server):
-    _ok(infer(server.url, "example_ct_sm", {"label_prompt": [1]}), server)  # at least an image and an encoding
+    before = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]["cache"]
+    _ok(infer(server.url, "example_ct_sm", {"text_prompt": "kidney", "threshold": 0.05}), server)  # image + encoding
     cache = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]["cache"]
     assert cache["entries"] >= 2 and 0 < cache["bytes"] <= cache["max_bytes"]
+    assert cache["hits"] + cache["misses"] > before["hits"] + before["misses"]
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -272,35 +309,3 @@ def test_still_serves_after_bad_input(server, bad_files):
                     file=server.root / "bad" / "good.nii.gz"), server)
     arr, _ = read_volume(res.content, "x.nii.gz")
     assert arr.shape == (40, 40, 40)
-
-
-# ---------------------------------------------------------------------------------------------------- weights
-def test_published_weights_are_used_without_restart(server, tiny_text_encoder):
-    import torch
-    from lib.model import build_refsam3d, save_checkpoint
-
-    before = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
-    assert before["model"]["version"].startswith("base:")
-    published = server.model_dir / "refsam3d_small.pt"
-    try:
-        torch.manual_seed(123)
-        model = build_refsam3d("small", text_encoder=str(tiny_text_encoder))
-        save_checkpoint(model, server.model_dir / "refsam3d_small.pt", extra={"labels": LABELS})
-
-        after = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
-        assert after["model"]["version"].startswith("published:") and after["model"]["trained"] is True
-        assert after["cache"]["encoding"] == "miss"  # new weights: the old encoding is not reused
-        info = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]
-        assert not any("no trained RefSAM3D weights" in w for w in info["warnings"])
-        assert info["weights"]["published_weights"].endswith("refsam3d_small.pt")
-
-        # a half-written or corrupt file must not break serving: the previous weights stay in use
-        time.sleep(0.01)
-        (server.model_dir / "refsam3d_small.pt").write_bytes(b"not a checkpoint")
-        again = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server).json()
-        assert again["model"]["version"] == after["model"]["version"]
-        assert any("could not be loaded" in w for w in again["warnings"])
-    finally:  # the other tests of this module expect the untrained state, whatever the order
-        published.unlink(missing_ok=True)
-        back = _ok(infer(server.url, "hippocampus_006", {"text_prompt": "hippocampus", "modality": "MR"}), server)
-        assert back.json()["model"]["version"].startswith("base:")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lib.evaluation import case_metrics, evaluate, probs_to_masks, summarise, write_reports
+from model_fixtures import shared_tiny_text  # noqa: F401 (fixture)
 
 
 def _cube(shape=(10, 10, 10), lo=(2, 2, 2), size=4):
@@ -195,3 +196,52 @@ def test_ensemble_refuses_members_with_other_labels():
         EnsembleSegmenter([_FixedProbs(probs), _FixedProbs(probs, names=("liver", "spleen"))])
     with pytest.raises(ValueError, match="at least one"):
         EnsembleSegmenter([])
+
+
+class _OracleWithBlob(_Oracle):
+    """The ground truth plus a detached 5x5x5 blob of label 0 in a corner (a typical false-positive island)."""
+
+    def segment(self, image):
+        pred = super().segment(image).clone()
+        assert not pred[:, :6, :6, :6].any()
+        pred[0, :5, :5, :5] = True
+        return pred
+
+
+def test_largest_component_option_removes_a_planted_island(hippocampus_dir):
+    from lib.training import LabelEntry, msd_datalist
+
+    datalist = msd_datalist(hippocampus_dir)[:1]
+    entries = [LabelEntry("anterior hippocampus", 1, "a"), LabelEntry("posterior hippocampus", 2, "p")]
+    names, indices = [e.name for e in entries], [1, 2]
+    plain = evaluate(_OracleWithBlob(datalist, entries), datalist, names, indices, "MR", (1.0, 1.0, 1.0))
+    cleaned = evaluate(_OracleWithBlob(datalist, entries), datalist, names, indices, "MR", (1.0, 1.0, 1.0),
+                       largest_component=True)
+    assert plain["per_label"]["anterior hippocampus"]["dice_mean"] < 0.97  # the island costs Dice ...
+    assert cleaned["per_label"]["anterior hippocampus"]["dice_mean"] == pytest.approx(1.0)  # ... until it is removed
+    assert cleaned["per_label"]["anterior hippocampus"]["hd95_mean"] == pytest.approx(0.0)
+    assert cleaned["largest_component"] is True and plain["largest_component"] is False
+
+
+def test_mirroring_option_changes_the_probabilities_of_a_real_network(hippocampus_dir, shared_tiny_text):
+    """A real (untrained, seeded) small RefSAM3D is not flip-equivariant: on a real, asymmetric MRI the mirrored
+    prediction must differ from one pass, and be exactly the mean of the pass and the flipped-back flipped pass."""
+    from model_fixtures import load_hippocampus_case, quiet_build
+
+    from lib.training import LabelEntry, PromptModelAdapter, TrainConfig
+
+    x = load_hippocampus_case(hippocampus_dir)[0][..., :32, :32, :32].contiguous()  # one 32^3 window per pass
+    assert not torch.equal(x, x.flip(2))  # asymmetric along the mirrored axis
+    torch.manual_seed(0)
+    model = quiet_build("small", text_encoder=shared_tiny_text).eval()
+    entries = [LabelEntry("anterior hippocampus", 1, "anterior"), LabelEntry("posterior hippocampus", 2, "posterior")]
+
+    def adapter(axes):
+        return PromptModelAdapter(model, entries, TrainConfig(), roi_size=(32, 32, 32), device="cpu", mirror_axes=axes)
+
+    with torch.no_grad():
+        one_pass = adapter(()).predict_probs(x, ["anterior", "posterior"])
+        mirrored = adapter((0,)).predict_probs(x, ["anterior", "posterior"])
+        flipped = adapter(()).predict_probs(x.flip(2), ["anterior", "posterior"]).flip(1)
+    assert (mirrored - one_pass).abs().max() > 1e-3
+    torch.testing.assert_close(mirrored, (one_pass + flipped) / 2)

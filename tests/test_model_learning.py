@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from model_fixtures import dice, load_hippocampus_case, quiet_build, shared_minilm_text  # noqa: F401 (fixture)
 
 PROMPTS = ["anterior hippocampus", "posterior hippocampus"]
-MAX_STEPS = 400
-TIME_LIMIT_S = 600.0  # safety stop; it needs ~100 s of CPU (200-300 steps of ~0.4 s on one core)
+MAX_STEPS = 400  # the budget is in steps, not seconds: a loaded machine is slower, not wrong (it needs 200-300)
 
 
 @pytest.fixture
@@ -46,7 +45,7 @@ def test_small_fits_one_hippocampus_case(hippocampus_dir, shared_minilm_text, on
                 best = dice(model(x, PROMPTS), y)[0]
             if step % 50 == 0:
                 print(f"step {step}: Dice {[round(v, 3) for v in best.tolist()]} ({time.perf_counter() - start:.0f} s)", flush=True)
-            if best.min() > 0.92 or time.perf_counter() - start > TIME_LIMIT_S:
+            if best.min() > 0.92:
                 break
     elapsed = time.perf_counter() - start
     print(f"\nsmall preset: Dice anterior/posterior {best.tolist()} after {step} steps, {elapsed:.0f} s")

@@ -13,13 +13,13 @@ voxel with the mask the server returns for the same request body, sent again by 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
 import pytest
 import requests
 from app_fixtures import parse_all, read_volume
+from conftest import require
 from dicom_series import nifti_to_dicom_series
 from ohif_driver import InferCall, OhifSession, artifacts_dir, browser_missing
 from orthanc_process import OrthancServer, orthanc_missing
@@ -31,17 +31,9 @@ STRUCTURES = ("anterior hippocampus", "posterior hippocampus")
 FREE_TEXT = "hippocampus"  # not a label of the set (neither a name nor a prompt): free text
 
 
-def unavailable(reason: str) -> None:
-    """A missing browser or PACS fails the suite in CI and skips elsewhere, with the reason."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def pacs(tmp_path_factory, hippocampus_dir):
-    if orthanc_missing():
-        unavailable(orthanc_missing())
+    require(orthanc_missing() is None, orthanc_missing() or "")
     series = nifti_to_dicom_series(hippocampus_dir / "imagesTr" / f"{CASE}.nii.gz", CASE)
     with OrthancServer(tmp_path_factory.mktemp("orthanc")) as orthanc:
         assert orthanc.store(series.files) == series.shape[2]
@@ -65,8 +57,7 @@ def server(pacs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ohif(tmp_path_factory, pytestconfig):
-    if browser_missing():
-        unavailable(browser_missing())
+    require(browser_missing() is None, browser_missing() or "")
     with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(REPO_ROOT, "ohif_browser")) as s:
         yield s
         s.screenshot("final")  # also after a failure: what OHIF showed then

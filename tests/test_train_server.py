@@ -7,6 +7,7 @@ that lost its posterior part) and two unlabeled cases. Training over REST uses a
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import time
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 import pytest
 import requests
 from app_fixtures import infer
-from server_process import MonaiLabelServer
+from server_process import REPO_ROOT, MonaiLabelServer
 
 LABELLED = ("hippocampus_004", "hippocampus_006", "hippocampus_007", "hippocampus_011")
 UNLABELED = ("hippocampus_014", "hippocampus_015")
 ORIGINAL = "hippocampus_004"
+# a good model for this server's label set and text encoder (MiniLM), published by the tests that need one
+SHIPPED = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
 
 
 def _build_studies(dest: Path, hippocampus_dir: Path) -> Path:
@@ -90,6 +93,30 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _publish_good_model(server) -> str:
+    """Publish the shipped hippocampus checkpoint (complete file renamed into place); returns its SHA-256."""
+    tmp = server.published.with_name(".publishing.tmp")
+    server.published.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHIPPED, tmp)
+    os.replace(tmp, server.published)
+    return _sha(server.published)
+
+
+def _train_processes(server) -> list:
+    """The server's training subprocesses (MONAI Label runs ``monailabel.interfaces.utils.app -m train``)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "monailabel.interfaces.utils.app" in cmd and "-m train" in cmd:
+            out.append(child)
+    return out
+
+
 def test_info_lists_trainer_strategies_and_scoring(server):
     info = _ok(requests.get(f"{server.url}/info/", timeout=60), server).json()
     trainer = info["trainers"]["refsam3d"]
@@ -102,6 +129,7 @@ def test_info_lists_trainer_strategies_and_scoring(server):
 
 def test_train_over_rest_publishes_and_next_infer_uses_it(server):
     params: dict = {}
+    server.published.unlink(missing_ok=True)  # this test starts from the base weights
     before = _ok(infer(server.url, UNLABELED[0], params), server).json()
     assert before["model"]["trained"] is False and not server.published.exists()
 
@@ -136,23 +164,34 @@ def test_train_over_rest_publishes_and_next_infer_uses_it(server):
     assert after["model"]["version"].startswith("published")
 
 
-def test_stop_over_rest_leaves_published_model_loadable(server):
+def test_stop_over_rest_ends_the_run_and_leaves_the_published_model_alone(server):
+    import psutil
     from lib.model import load_checkpoint
 
-    assert server.published.exists()
-    request = {"max_epochs": 200, "crop_size": "48", "val_split": 0.25, "device": "cpu"}
+    published_sha = _publish_good_model(server)
+    # no validation split: this run would publish at the end of every epoch (a few seconds) if it kept running
+    request = {"max_epochs": 200, "crop_size": "48", "val_split": 0, "train_batch_size": 1, "device": "cpu",
+               "publish": "last"}
     _ok(requests.post(f"{server.url}/train/refsam3d", json=request, timeout=60), server)
     deadline = time.time() + 240
     while time.time() < deadline:
         task = requests.get(f"{server.url}/train/", timeout=30).json()
-        if any("Training run" in line for line in task.get("details") or []):
+        details = task.get("details") or []
+        if any("Training run" in line for line in details):
             break
         assert task.get("status") in ("SUBMITTED", "RUNNING"), task
-        time.sleep(0.5)
-    time.sleep(2.0)
+        time.sleep(0.2)
+    runs = _train_processes(server)
+    assert runs, f"no training process found\n{server.log()[-3000:]}"
     stopped = _ok(requests.delete(f"{server.url}/train/", timeout=60), server).json()
     assert stopped["status"] == "STOPPED"
-    load_checkpoint(server.published)  # intact (whether or not the stopped run had published)
+    assert not any("Published model" in line for line in details), "the run published before it could be stopped"
+    _, alive = psutil.wait_procs(runs, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE], "the training process is still running"
+    time.sleep(5.0)  # longer than an epoch of this run: a run that escaped the stop would have published by now
+    assert not _train_processes(server) or all(p.status() == psutil.STATUS_ZOMBIE for p in _train_processes(server))
+    assert _sha(server.published) == published_sha  # not a byte of the published model changed
+    load_checkpoint(server.published)
     assert _ok(infer(server.url, UNLABELED[1], {"label_prompt": [1]}), server).json()["model"]["trained"] is True
 
 
@@ -165,6 +204,7 @@ def test_activelearning_strategy_returns_an_unlabeled_study(server, strategy):
 
 
 def test_uncertainty_scoring_caches_scores_and_strategy_ranks_by_them(server):
+    _publish_good_model(server)  # a model version of its own: every unlabeled study is scored afresh
     _ok(requests.post(f"{server.url}/scoring/uncertainty", json={}, timeout=60), server)
     task = _wait_task(server, "scoring", timeout=300)
     assert task["status"] == "DONE", task
@@ -175,6 +215,12 @@ def test_uncertainty_scoring_caches_scores_and_strategy_ranks_by_them(server):
         scores[image] = info["uncertainty"]
     for image in LABELLED:
         assert "uncertainty" not in _info(server, image)
+    # a second run with the same weights skips every study it has already scored
+    stamps = {image: _info(server, image)["uncertainty_ts"] for image in UNLABELED}
+    time.sleep(1.1)  # the stamps are in seconds
+    _ok(requests.post(f"{server.url}/scoring/uncertainty", json={}, timeout=60), server)
+    assert _wait_task(server, "scoring", timeout=300)["status"] == "DONE"
+    assert {image: _info(server, image)["uncertainty_ts"] for image in UNLABELED} == stamps
     # served studies are remembered; the most uncertain study not served in the last hour comes first
     for image in UNLABELED:
         requests.put(f"{server.url}/datastore/image/info", params={"image": image}, data={"info": '{"strategy": {}}'},
