@@ -42,7 +42,7 @@ def test_start_server_script_serves_the_offline_sample_studies(tmp_path, shared_
         assert res.status_code == 200, f"{res.status_code} {res.text[:500]}\n{server.log()[-3000:]}"
         params, image, name = parse_all(res)
         mask, _ = read_volume(image, name)
-        assert params["label_names"] == {"liver": 1} and mask.shape == nib.load(
+        assert params["label_names"] == {"liver": 6} and mask.shape == nib.load(
             str(tmp_path / "studies" / "example_ct_sm.nii.gz")).shape
     _stop_and_check(server)
 
