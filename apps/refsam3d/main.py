@@ -21,6 +21,9 @@ from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
+from lib.server.install import install_server_limits
+from lib.server.settings import ServerLimits
+from lib.server.volume_header import check_volume_size
 from lib.transforms import BadInputError
 
 import monailabel
@@ -51,6 +54,7 @@ class RefSAM3DApp(MONAILabelApp):
         config = lib.configs.RefSAM3DConfig()
         try:
             config.init("refsam3d", self.model_dir, conf, None)
+            self.limits = ServerLimits.from_conf(conf)
         except ConfError as e:
             print(f"\n--------------------------------------------------------------------------\nRefSAM3D: {e}\n"
                   "--------------------------------------------------------------------------\n")
@@ -66,6 +70,7 @@ class RefSAM3DApp(MONAILabelApp):
             version=monailabel.__version__,
         )
         install_http_error_handlers()
+        self.infer_gate = install_server_limits(self.limits)  # /infer off the event loop, upload limit
         if isinstance(self.datastore(), DICOMWebDatastore):
             install_dicom_seg_fallback(app_dir)
 
@@ -128,10 +133,18 @@ class RefSAM3DApp(MONAILabelApp):
 
             threading.Thread(target=preload, name="refsam3d-preload", daemon=True).start()
 
+    def info(self):
+        meta = super().info()
+        gate = getattr(self, "infer_gate", None)
+        if gate is not None:
+            meta["infer_queue"] = gate.stats()
+        return meta
+
     # ------------------------------------------------------------------ inference with readable client errors
     def infer(self, request, datastore=None):
         try:
             request = self._check_request(request, datastore)
+            check_volume_size(request.get("image"), self.limits.max_voxels, datastore or self.datastore())
             return super().infer(request, datastore)
         except BadInputError as e:
             raise HTTPException(status_code=e.status_code, detail=e.message) from None
