@@ -89,13 +89,27 @@ class InferenceGate:
                 self._admitted -= 1
 
 
-def _replace_route(fastapi_app, old: APIRoute, endpoint: Callable) -> None:
+def _find_route(router, endpoint: Callable):
+    """(router owning it, route) of the APIRoute serving ``endpoint``, searching included routers too."""
+    for route in router.routes:
+        if isinstance(route, APIRoute) and route.endpoint is endpoint:
+            return router, route
+        inner = getattr(route, "original_router", None)  # FastAPI >= 0.12x keeps included routers whole
+        found = _find_route(inner, endpoint) if inner is not None else None
+        if found:
+            return found
+    return None
+
+
+def _replace_route(fastapi_app, owner, old: APIRoute, endpoint: Callable) -> None:
     new = APIRoute(old.path, endpoint, methods=list(old.methods), name=old.name, tags=old.tags, summary=old.summary,
                    description=old.description, responses=old.responses, dependencies=old.dependencies,
                    response_class=old.response_class, include_in_schema=old.include_in_schema,
                    dependency_overrides_provider=old.dependency_overrides_provider)
-    routes = fastapi_app.router.routes
-    routes[routes.index(old)] = new
+    owner.routes[owner.routes.index(old)] = new
+    mark_changed = getattr(owner, "_mark_routes_changed", None)  # routers that cache their effective routes
+    if mark_changed:
+        mark_changed()
     fastapi_app.openapi_schema = None
 
 
@@ -105,10 +119,10 @@ def offload_infer_route(fastapi_app, gate: InferenceGate) -> bool:
 
     run_inference = infer_endpoint.run_inference
     accepted = set(inspect.signature(run_inference).parameters)
-    old = next((r for r in fastapi_app.router.routes if isinstance(r, APIRoute) and "POST" in r.methods
-                and r.endpoint is infer_endpoint.api_run_inference), None)
-    if old is None:
+    found = _find_route(fastapi_app.router, infer_endpoint.api_run_inference)
+    if found is None:
         return False
+    owner, old = found
 
     async def api_run_inference(**kwargs):
         args = {k: v for k, v in kwargs.items() if k in accepted}
@@ -123,6 +137,6 @@ def offload_infer_route(fastapi_app, gate: InferenceGate) -> bool:
 
     api_run_inference.__signature__ = inspect.signature(infer_endpoint.api_run_inference)
     api_run_inference.__doc__ = infer_endpoint.api_run_inference.__doc__
-    _replace_route(fastapi_app, old, api_run_inference)
+    _replace_route(fastapi_app, owner, old, api_run_inference)
     logger.info(f"RefSAM3D: /infer runs in {gate.max_concurrent} worker thread(s), at most {gate.max_queued} queued")
     return True

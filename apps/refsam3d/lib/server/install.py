@@ -1,15 +1,27 @@
-"""Wire the limits into the running MONAI Label server (called once by the app at start-up)."""
+"""Wire the limits into the running MONAI Label server (called once by the app at start-up).
+
+* ``infer_gate``: ``/infer`` in worker threads, bounded concurrency and queue, 503 + ``Retry-After`` beyond;
+* ``upload_limit``: bodies over ``max_upload_mb`` -> 413 before they are read whole;
+* ``volume_header`` (called per request by the app): volumes declaring more than ``max_voxels`` -> 422.
+"""
 
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any, Optional
 
-from lib.server import running_fastapi_app
 from lib.server.infer_gate import InferenceGate, offload_infer_route
 from lib.server.settings import ServerLimits
 from lib.server.upload_limit import install_upload_limit
 
 logger = logging.getLogger(__name__)
+
+
+def running_fastapi_app() -> Optional[Any]:
+    """MONAI Label's FastAPI application (``monailabel.app.app``) when the server is running it, else None."""
+    module = sys.modules.get("monailabel.app")
+    return getattr(module, "app", None) if module else None
 
 
 def install_server_limits(limits: ServerLimits) -> InferenceGate:
