@@ -21,8 +21,12 @@ from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
+from lib.server.auth import install_auth
+from lib.server.datastore import harden_datastore
+from lib.server.guards import install_datastore_guards
 from lib.server.install import install_server_limits
 from lib.server.settings import ServerLimits
+from lib.server.sessions import harden_sessions
 from lib.server.volume_header import check_volume_size
 from lib.transforms import BadInputError
 
@@ -71,6 +75,9 @@ class RefSAM3DApp(MONAILabelApp):
         )
         install_http_error_handlers()
         self.infer_gate = install_server_limits(self.limits)  # /infer off the event loop, upload limit
+        harden_sessions(self.sessions())  # session ids checked before they become paths
+        install_auth()  # MONAI Label's token check made to work (PyJWT 2), /reload guarded
+        install_datastore_guards()  # 400 for unsafe names, 404 for unknown ids, roles, upload names
         if isinstance(self.datastore(), DICOMWebDatastore):
             install_dicom_seg_fallback(app_dir)
 
@@ -85,6 +92,10 @@ class RefSAM3DApp(MONAILabelApp):
                    "DICOM-SEG is written with pydicom-seg instead")
             logger.warning(f"RefSAM3D: {msg}")
             self.models["refsam3d"].extra_warnings.append(msg)
+
+    def init_datastore(self):
+        """MONAI Label's datastore with client-given ids/tags checked and atomic writes (lib/server/datastore.py)."""
+        return harden_datastore(super().init_datastore())
 
     # ------------------------------------------------------------------ tasks
     def init_infers(self) -> Dict[str, InferTask]:

@@ -22,8 +22,8 @@ class UnsafeNameError(ValueError):
 
     def __init__(self, kind: str, value: object, reason: str):
         shown = repr(value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "...")
-        self.message = (f"invalid {kind} {shown}: {reason}; a {kind} is 1-{MAX_NAME_CHARS} characters of "
-                        "letters, digits, '_', '-', '+', '.', spaces, not starting with '.' or a space")
+        self.message = (f"invalid {kind} {shown}: {reason} (allowed: 1-{MAX_NAME_CHARS} ASCII letters, digits, "
+                        "'_', '-', '+', '.' and inner spaces, not starting with '.', no '..')")
         super().__init__(self.message)
 
 
