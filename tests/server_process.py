@@ -25,11 +25,13 @@ def free_port() -> int:
 class MonaiLabelServer:
     """A running MONAI Label server process; use as a context manager.
 
-    ``conf`` becomes ``--conf key value`` pairs; the server log is written to ``log_path``.
+    ``conf`` becomes ``--conf key value`` pairs; the server log is written to ``log_path``; ``probe_headers`` go with
+    the start-up probe of ``/info/`` (e.g. a bearer token when the server has authentication on).
     """
 
     def __init__(self, studies: str | Path, conf: Mapping[str, str], log_path: Path,
-                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
+                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None,
+                 probe_headers: Mapping[str, str] | None = None):
         self.studies = str(studies)
         self.conf = dict(conf)
         self.log_path = Path(log_path)
@@ -38,6 +40,7 @@ class MonaiLabelServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
+        self.probe_headers = dict(probe_headers or {})
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "MonaiLabelServer":
@@ -54,7 +57,7 @@ class MonaiLabelServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"monailabel exited with {self.process.returncode}; log:\n{self.log()[-5000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}/info/", headers=self.probe_headers, timeout=5).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
