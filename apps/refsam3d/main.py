@@ -17,6 +17,7 @@ from typing import Dict
 
 import lib.configs
 from fastapi import HTTPException
+from lib.activelearning.random_strategy import Random
 from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
@@ -41,7 +42,6 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
