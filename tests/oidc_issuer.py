@@ -36,8 +36,9 @@ class OIDCIssuer:
     """Use as a context manager; ``realm_uri`` is what ``MONAI_LABEL_AUTH_REALM_URI`` points to."""
 
     def __init__(self, realm: str = "monailabel", client_id: str = "monailabel-app",
-                 users: Optional[Dict[str, Tuple[str, Sequence[str]]]] = None):
-        self.realm, self.client_id = realm, client_id
+                 users: Optional[Dict[str, Tuple[str, Sequence[str]]]] = None, keycloak: bool = True):
+        """``keycloak=False``: a plain OIDC issuer, whose realm document has no ``public_key`` (keys via JWKS only)."""
+        self.realm, self.client_id, self.keycloak = realm, client_id, keycloak
         self.users = dict(users or {})  # username -> (password, roles)
         self.key, self.kid = new_key(), uuid.uuid4().hex
         self.requests: list = []
@@ -91,8 +92,10 @@ class OIDCIssuer:
             def do_GET(self):
                 issuer.requests.append(("GET", self.path))
                 prefix = f"/realms/{issuer.realm}"
-                routes = {prefix: lambda: {"realm": issuer.realm, "public_key": issuer.public_key_b64(),
-                                           "token-service": f"{issuer.realm_uri}/protocol/openid-connect"},
+                realm_doc = {"realm": issuer.realm, "token-service": f"{issuer.realm_uri}/protocol/openid-connect"}
+                if issuer.keycloak:
+                    realm_doc["public_key"] = issuer.public_key_b64()
+                routes = {prefix: lambda: realm_doc,
                           f"{prefix}/.well-known/openid-configuration": issuer.discovery,
                           f"{prefix}/protocol/openid-connect/certs": issuer.jwks}
                 route = routes.get(self.path.split("?")[0].rstrip("/"))

@@ -143,4 +143,23 @@ def test_slicer_login_flow_with_monai_labels_client(server, issuer):
     assert "refsam3d" in client.info()["models"]
     with pytest.raises(MONAILabelClientException):
         client.auth_token("annotator", "wrong-password")
+    refused = requests.post(f"{server.url}/auth/token", data={"username": "annotator", "password": "x"}, timeout=60)
+    assert refused.status_code == 401 and "wrong user name or password" in refused.json()["detail"]
     assert ("POST", f"/realms/{issuer.realm}/protocol/openid-connect/token") in issuer.requests
+
+
+def test_plain_oidc_issuer_keys_come_from_its_jwks(tmp_path, hippocampus_dir, tiny_text_encoder):
+    """An issuer whose realm document has no Keycloak ``public_key``: the server takes the key from ``jwks_uri``."""
+    with OIDCIssuer(keycloak=False) as plain:
+        studies = tmp_path / "studies"
+        studies.mkdir()
+        shutil.copy(hippocampus_dir / "imagesTr" / f"{CASE}.nii.gz", studies / f"{CASE}.nii.gz")
+        conf = {"preset": "small", "label_set": "msd_hippocampus", "text_encoder": str(tiny_text_encoder),
+                "use_pretrained_model": "false", "model_dir": str(tmp_path / "model"), "preload": "false",
+                "skip_trainers": "true"}
+        env = {"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": plain.realm_uri}
+        probe = {"Authorization": f"Bearer {plain.token('probe', [USER], expires_in=3600)}"}
+        with MonaiLabelServer(studies, conf, tmp_path / "server.log", env=env, probe_headers=probe) as srv:
+            assert _call(srv, "GET", "/info/", plain.token("viewer", [USER])).status_code == 200
+            assert _call(srv, "GET", "/info/", plain.token("mallory", [USER], key=new_key())).status_code == 401
+        assert ("GET", f"/realms/{plain.realm}/protocol/openid-connect/certs") in plain.requests

@@ -12,6 +12,7 @@ import hashlib
 import http.client
 import json
 import shutil
+import time
 import urllib.parse
 from pathlib import Path
 from typing import Dict, Tuple
@@ -149,9 +150,9 @@ def test_traversal_corpus_is_refused_on_every_endpoint_and_nothing_changes(serve
                 if status != 400:
                     failures.append(f"{kind}: {method} /session/{bad[:60]} -> {status}")
 
-    # uploaded file names: the name itself is the attack (no image id given)
-    for name in ("../../outside/w.nii.gz", "..\\..\\outside\\w.nii.gz", "/tmp/w.nii.gz", "..", "w\x00.nii.gz",
-                 "a" * 300 + ".nii.gz", ".hidden.nii.gz"):
+    # uploaded file names: the name itself is the attack (no image id given); clients send paths, the last part counts
+    for name in ("..", "../..", "x/..", "..\\..", "w\x00.nii.gz", "a" * 300 + ".nii.gz", ".hidden.nii.gz",
+                 "../../outside/.hidden.nii.gz", "C:\\tmp\\w\x00.nii.gz"):
         for method, url, field in (("PUT", "/datastore/image", "file"), ("PUT", "/session/", "files"),
                                    ("PUT", f"/datastore/label?image={CASE}", "label"),
                                    ("POST", "/infer/refsam3d", "file")):
@@ -165,6 +166,23 @@ def test_traversal_corpus_is_refused_on_every_endpoint_and_nothing_changes(serve
     assert not changed, f"files created/changed/removed by refused requests: {sorted(changed)}"
     assert (server.root / "outside" / "sentinel.txt").read_text() == "must survive"
     assert requests.get(f"{server.url}/info/", timeout=30).status_code == 200  # still serving
+
+
+def test_uploaded_paths_only_ever_use_their_last_part(server):
+    """A file name with directories (as Slicer sends its temp files) is saved under its base name, inside."""
+    image = (server.studies_dir / f"{CASE}.nii.gz").read_bytes()
+    before = {k: v for k, v in _snapshot(server.root).items() if not k.startswith(("studies/", "label.nii"))}
+    for i, name in enumerate(("../../outside/w{}.nii.gz", "/tmp/w{}.nii.gz", "..\\..\\outside\\w{}.nii.gz")):
+        r = _request(server, "PUT", "/datastore/image", files={"file": (name.format(i), image)})
+        assert r.status_code in (200, 400), r.text
+        if r.status_code == 200:
+            assert r.json()["image"] == f"w{i}" and (server.studies_dir / f"w{i}.nii.gz").read_bytes() == image
+            assert requests.delete(f"{server.url}/datastore/image", params={"id": f"w{i}"}, timeout=60).status_code == 200
+        else:  # on Linux a backslash is part of the base name: refused as an image id
+            assert "invalid image id" in r.text
+    after = {k: v for k, v in _snapshot(server.root).items() if not k.startswith(("studies/", "label.nii"))}
+    assert after == before  # nothing written, changed or removed outside the studies folder
+    assert not Path("/tmp/w1.nii.gz").exists()
 
 
 def test_valid_ids_tags_and_sessions_still_work(server):
@@ -199,8 +217,10 @@ def test_valid_ids_tags_and_sessions_still_work(server):
     for image_id in ("new-case_1.v2", "uploaded_by_name"):
         assert requests.delete(f"{url}/datastore/image", params={"id": image_id}, timeout=60).status_code == 200
         assert not (server.studies_dir / f"{image_id}.nii.gz").exists()
-    ids = requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]
-    assert set(ids) == {CASE}
+    deadline = time.time() + 30  # MONAI Label's file watcher drops removed images from the index asynchronously
+    while set(ids := requests.get(f"{url}/datastore/", params={"output": "all"}, timeout=60).json()["objects"]) != {CASE}:
+        assert time.time() < deadline, f"removed images still listed: {sorted(ids)}"
+        time.sleep(0.5)
 
     r = requests.put(f"{url}/session/", files={"files": (f"{CASE}.nii.gz", image)}, timeout=60)
     assert r.status_code == 200, r.text

@@ -8,8 +8,8 @@ with ``none`` or an HMAC secret is refused).  The key is the Keycloak realm docu
 Label expects), or, for an OpenID Connect issuer without one, the issuer's JWKS (``jwks_uri`` of its discovery
 document).  An unreachable issuer is a 503, not a 500.
 
-``install_auth`` puts it in place and guards ``POST /reload`` (open in MONAI Label); the other endpoints' roles are
-in ``roles.py`` / ``route_guard.py``.
+``install_auth`` puts it in place, guards ``POST /reload`` (open in MONAI Label) and answers a refused login at
+``POST /auth/token`` with 401 (MONAI Label: 500); the other endpoints' roles are in ``roles.py`` / ``route_guard.py``.
 """
 
 from __future__ import annotations
@@ -106,6 +106,23 @@ class ReloadGuard:
         await self.app(scope, receive, send)
 
 
+def _install_login_errors(fastapi_app) -> None:
+    """``POST /auth/token`` with a wrong password: MONAI Label lets the issuer's 401 become a 500; answer 401."""
+    import requests
+    from starlette.responses import JSONResponse
+
+    from lib.infers.errors import register_exception_handlers
+
+    async def on_issuer_error(request, exc: requests.HTTPError):
+        status = getattr(exc.response, "status_code", 502)
+        if request.url.path.rstrip("/") == "/auth/token" and status in (400, 401):
+            return JSONResponse({"detail": "login refused by the identity provider: wrong user name or password"},
+                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse({"detail": f"the identity provider answered {status}"}, status_code=502)
+
+    register_exception_handlers(fastapi_app, {requests.HTTPError: on_issuer_error})
+
+
 def install_auth() -> bool:
     """Replace MONAI Label's token check and guard ``/reload`` in the running server."""
     from monailabel.config import settings
@@ -116,6 +133,7 @@ def install_auth() -> bool:
     fastapi_app = getattr(module, "app", None) if module else None
     if fastapi_app is None:
         return False
+    _install_login_errors(fastapi_app)
     stack = getattr(fastapi_app, "middleware_stack", None)
     if stack is not None and not isinstance(stack, ReloadGuard):
         fastapi_app.middleware_stack = ReloadGuard(stack)

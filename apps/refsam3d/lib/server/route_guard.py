@@ -5,13 +5,15 @@ MONAI Label declares ``user: User = Depends(RBAC(role))`` on each endpoint.  Thr
 
 1. authorises with MONAI Label's own ``RBAC`` class and token check (``get_current_user``), with the app's role
    where ``roles.app_role`` says so, else MONAI Label's;
-2. checks the name of every uploaded file of the request with ``check_name`` (400 before the endpoint runs).
+2. checks the name of every uploaded file of the request with ``check_name`` (400 before the endpoint runs); only
+   its last path component, the part MONAI Label uses (the MONAI Label client and Slicer send full paths).
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import re
 import typing
 from typing import List
 
@@ -44,8 +46,8 @@ def _make_guard(roles, upload_names: List[str]):
             for name in upload_names:
                 for value in form.getlist(name):
                     filename = getattr(value, "filename", None)
-                    if filename:
-                        check_name("uploaded file name", filename)
+                    if filename:  # clients send a path (Slicer: its temp file); MONAI Label keeps the last part
+                        check_name("uploaded file name", re.split(r"[\\/]", filename)[-1])
         return user
 
     return guard
