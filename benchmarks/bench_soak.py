@@ -10,7 +10,7 @@ back and compared with the last content it wrote ("labels lost").
 
 Prints requests served, 5xx count (goal 0), unexpected answers, labels lost (goal 0), p50/p95 latency per
 endpoint and the server's RSS after warm-up (the first ``--warmup`` fraction of the time, while the bounded
-encoding cache fills) and at the end (goal: growth <= 10 %).
+encoding cache fills; ``--cache-mb``) and at the end (goal: growth <= 10 %), also net of the cache's own growth.
 
     .venv/bin/python benchmarks/bench_soak.py [--seconds 180] [--clients 8] [--preset small] [--json out.json]
 """
@@ -155,6 +155,12 @@ def rss_mb(pid: int) -> float:
     return sum(p.memory_info().rss for p in [proc] + proc.children(recursive=True)) / 2**20
 
 
+def cache_mb(url: str) -> float:
+    """Memory the encoding cache holds (bounded by --conf cache_size_mb), from /info."""
+    cache = requests.get(f"{url}/info/", timeout=120).json()["models"]["refsam3d"]["cache"]
+    return cache["bytes"] / 2**20
+
+
 def labels_lost(url: str, clients: list) -> tuple[int, int]:
     lost = total = 0
     for c in clients:
@@ -177,8 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=180)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--preset", default="small", choices=["small", "vit_b"])
-    parser.add_argument("--warmup", type=float, default=0.25, help="fraction of the time before the RSS baseline")
-    parser.add_argument("--cache-mb", default="256", help="--conf cache_size_mb of the server")
+    parser.add_argument("--warmup", type=float, default=0.33, help="fraction of the time before the RSS baseline")
+    parser.add_argument("--cache-mb", default="48", help="--conf cache_size_mb (small: full after a few cold studies)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     print(f"CPUs: {os.cpu_count()}; load average before: {os.getloadavg()}", flush=True)
@@ -208,11 +214,11 @@ def main(argv=None) -> int:
             for c in clients:
                 c.start()
             time.sleep(args.seconds * args.warmup)
-            rss_warm = rss_mb(server.process.pid)
+            rss_warm, cache_warm = rss_mb(server.process.pid), cache_mb(server.url)
             for c in clients:
                 c.join()
             elapsed = time.time() - t0
-            rss_end = rss_mb(server.process.pid)
+            rss_end, cache_end = rss_mb(server.process.pid), cache_mb(server.url)
             lost, saved = labels_lost(server.url, clients)
             queue = requests.get(f"{server.url}/info/", timeout=60).json().get("infer_queue", {})
     rows = {k: v for k, v in sorted(stats.rows.items())}
@@ -222,11 +228,15 @@ def main(argv=None) -> int:
               "requests_per_s": round(served / elapsed, 2), "5xx": five, "unexpected": len(stats.unexpected),
               "labels_saved": saved, "labels_lost": lost, "rss_start_mb": round(rss_start),
               "rss_after_warmup_mb": round(rss_warm), "rss_end_mb": round(rss_end),
-              "rss_growth_after_warmup": round(rss_end / rss_warm - 1, 3), "infer_queue": queue, "endpoints": {}}
+              "rss_growth_after_warmup": round(rss_end / rss_warm - 1, 3),
+              "rss_growth_after_warmup_without_cache": round((rss_end - cache_end) / (rss_warm - cache_warm) - 1, 3),
+              "cache_after_warmup_mb": round(cache_warm), "cache_end_mb": round(cache_end), "infer_queue": queue,
+              "endpoints": {}}
     print(f"\n{served} requests in {elapsed:.0f} s from {args.clients} clients ({args.preset}); 5xx: {five}; "
           f"unexpected: {len(stats.unexpected)}; labels lost: {lost} of {saved} saved")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
-          f"({result['rss_growth_after_warmup']:+.1%} after warm-up); inference queue: {queue}")
+          f"({result['rss_growth_after_warmup']:+.1%} after warm-up); encoding cache {cache_warm:.0f} -> {cache_end:.0f} MB "
+          f"(RSS without it: {result['rss_growth_after_warmup_without_cache']:+.1%}); inference queue: {queue}")
     print("\n| endpoint | requests | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|")
     for name, v in rows.items():
         t = np.asarray([s for _, s, _ in v]) * 1000

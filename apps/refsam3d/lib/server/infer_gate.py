@@ -11,6 +11,8 @@ queue holds at most ``max_queued_infers`` requests; one more is answered 503 wit
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import inspect
 import logging
 import math
@@ -23,6 +25,18 @@ from fastapi import HTTPException
 from fastapi.routing import APIRoute
 
 logger = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> Callable[[], None]:
+    """glibc's ``malloc_trim(0)``: hand the freed heap of an inference's temporaries back to the system."""
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return lambda: None
+    return lambda: trim(0)
+
+
+release_free_memory = _malloc_trim()
 
 
 class QueueFullError(Exception):
@@ -70,6 +84,7 @@ class InferenceGate:
                 self._admitted -= 1
                 self._served += 1
                 self._mean_s = elapsed if self._served == 1 else 0.8 * self._mean_s + 0.2 * elapsed
+            release_free_memory()  # the volume-sized temporaries freed by this request
 
     async def run(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` in a worker thread; raises ``QueueFullError`` at once when the queue is full."""
