@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 
 logger = logging.getLogger(__name__)
 
@@ -125,12 +124,12 @@ def _install_login_errors(fastapi_app) -> None:
 
 def install_auth() -> bool:
     """Replace MONAI Label's token check and guard ``/reload`` in the running server."""
+    from lib.server.install import running_fastapi_app
     from monailabel.config import settings
     from monailabel.endpoints.user import auth
 
     auth.from_token = from_token  # get_current_user looks it up at call time
-    module = sys.modules.get("monailabel.app")
-    fastapi_app = getattr(module, "app", None) if module else None
+    fastapi_app = running_fastapi_app()
     if fastapi_app is None:
         return False
     _install_login_errors(fastapi_app)

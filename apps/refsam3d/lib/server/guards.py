@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from lib.infers.errors import register_exception_handlers
+from lib.server.install import running_fastapi_app
 from lib.server.names import UnsafeNameError
 from lib.server.route_guard import install_route_guards
 
@@ -19,8 +19,7 @@ logger = logging.getLogger(__name__)
 
 def install_datastore_guards() -> bool:
     """Register the handlers and the route guards on the running ``monailabel.app.app``."""
-    module = sys.modules.get("monailabel.app")
-    fastapi_app = getattr(module, "app", None) if module else None
+    fastapi_app = running_fastapi_app()
     if fastapi_app is None:
         return False
     from starlette.responses import JSONResponse
