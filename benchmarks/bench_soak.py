@@ -37,7 +37,9 @@ import requests
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from app_fixtures import build_studies, write_label_set  # noqa: E402
+from bench_server import random_sam_checkpoint, wait_until_model_ready  # noqa: E402
 from server_process import MonaiLabelServer  # noqa: E402
 
 SHARED = (REPO.parent / "shared" / "data").resolve()
@@ -197,16 +199,13 @@ def main(argv=None) -> int:
         for i in ids:
             img = nib.load(str(studies / f"{i}.nii.gz"))
             stats.shapes[i], stats.affines[i] = img.shape, img.affine
-        conf = {"preset": args.preset, "label_set": str(write_label_set(work / "labels.json")), "text_encoder": "minilm",
-                "use_pretrained_model": "false", "model_dir": str(work / "model"), "cache_size_mb": args.cache_mb}
+        conf = {"preset": args.preset, "label_set": str(write_label_set(work / "labels.json")),
+                "text_encoder": "minilm", "use_pretrained_model": "false", "model_dir": str(work / "model"),
+                "cache_size_mb": args.cache_mb}
         if args.preset == "vit_b":
-            sys.path.insert(0, str(REPO / "benchmarks"))
-            from bench_server import random_sam_checkpoint
-
             conf["sam_checkpoint"] = str(random_sam_checkpoint(work))
         with MonaiLabelServer(studies, conf, work / "server.log", startup_timeout=1800) as server:
-            while not requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]["weights"]["version"]:
-                time.sleep(0.5)
+            wait_until_model_ready(server.url)
             rss_start = rss_mb(server.process.pid)
             t0 = time.time()
             ct = nib.load(str(studies / f"{STUDY}.nii.gz"))
@@ -235,7 +234,8 @@ def main(argv=None) -> int:
     print(f"\n{served} requests in {elapsed:.0f} s from {args.clients} clients ({args.preset}); 5xx: {five}; "
           f"unexpected: {len(stats.unexpected)}; labels lost: {lost} of {saved} saved")
     print(f"server RSS: {rss_start:.0f} MB at start, {rss_warm:.0f} MB after warm-up, {rss_end:.0f} MB at the end "
-          f"({result['rss_growth_after_warmup']:+.1%} after warm-up); encoding cache {cache_warm:.0f} -> {cache_end:.0f} MB "
+          f"({result['rss_growth_after_warmup']:+.1%} after warm-up); "
+          f"encoding cache {cache_warm:.0f} -> {cache_end:.0f} MB "
           f"(RSS without it: {result['rss_growth_after_warmup_without_cache']:+.1%}); inference queue: {queue}")
     print("\n| endpoint | requests | p50 ms | p95 ms | max ms |\n|---|---|---|---|---|")
     for name, v in rows.items():

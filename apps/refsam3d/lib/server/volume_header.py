@@ -1,8 +1,8 @@
 """Voxel count of a volume from its header only, to refuse oversized volumes before any array exists.
 
 NIfTI/Analyze through nibabel's header, NRRD through pynrrd's ``read_header``, a DICOM series folder through
-pydicom (``stop_before_pixels``: rows x columns x frames of one file, times the files), anything else through SimpleITK's
-``ReadImageInformation``.  ``None`` when the header cannot be read: the normal loader then reports the file.
+pydicom (``stop_before_pixels``: rows x columns x frames of one file, times the files), anything else through
+SimpleITK's ``ReadImageInformation``.  ``None`` when the header cannot be read: the normal loader then reports the file.
 """
 
 from __future__ import annotations
