@@ -48,6 +48,15 @@ def random_sam_checkpoint(folder: Path) -> Path:
     return out
 
 
+def wait_until_model_ready(url: str) -> dict:
+    """``models.refsam3d`` of ``/info`` once the background preload has built the network and loaded weights."""
+    while True:
+        info = requests.get(f"{url}/info/", timeout=60).json()["models"]["refsam3d"]
+        if info["weights"]["version"]:
+            return info
+        time.sleep(0.5)
+
+
 def timed_infer(url: str, image: str, params: dict) -> tuple[float, dict]:
     start = time.perf_counter()
     r = requests.post(f"{url}/infer/refsam3d", params={"image": image, "output": "json"},
@@ -79,11 +88,7 @@ def bench_preset(preset: str, args, work: Path) -> dict:
     server.start()
     t_info = time.perf_counter() - t0
     try:
-        while True:  # wait for the background preload (network built and weights loaded)
-            info = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]
-            if info["weights"]["version"]:
-                break
-            time.sleep(0.5)
+        info = wait_until_model_ready(server.url)  # the background preload built the network and loaded weights
         t_ready = time.perf_counter() - t0
         roi = info["roi_size"]
         out = {"preset": preset, "start_to_info_s": round(t_info, 1), "start_to_model_ready_s": round(t_ready, 1),

@@ -38,15 +38,18 @@ def stop_process(process: subprocess.Popen | None, log=None) -> None:
 class ServerProcess:
     """A server process answering ``GET /info/`` on a free 127.0.0.1 port; use as a context manager.
 
-    Subclasses give the command (``command()``); its output goes to ``log_path``.
+    Subclasses give the command (``command()``); its output goes to ``log_path``; ``probe_headers`` go with
+    the start-up probe of ``/info/`` (e.g. a bearer token when the server has authentication on).
     """
 
-    def __init__(self, log_path: Path, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
+    def __init__(self, log_path: Path, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None,
+                 probe_headers: Mapping[str, str] | None = None):
         self.log_path = Path(log_path)
         self.startup_timeout = startup_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = dict(env or {})
+        self.probe_headers = dict(probe_headers or {})
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -63,7 +66,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}; log:\n{self.log()[-5000:]}")
             try:
-                if requests.get(f"{self.url}/info/", timeout=5).status_code == 200:
+                if requests.get(f"{self.url}/info/", headers=self.probe_headers, timeout=5).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
@@ -88,8 +91,9 @@ class MonaiLabelServer(ServerProcess):
     """The real ``monailabel start_server`` with the app; ``conf`` becomes ``--conf key value`` pairs."""
 
     def __init__(self, studies: str | Path, conf: Mapping[str, str], log_path: Path,
-                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None):
-        super().__init__(log_path, startup_timeout, env)
+                 app_dir: Path = APP_DIR, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None,
+                 probe_headers: Mapping[str, str] | None = None):
+        super().__init__(log_path, startup_timeout, env, probe_headers)
         self.studies = str(studies)
         self.conf = dict(conf)
         self.app_dir = Path(app_dir)

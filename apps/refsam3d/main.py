@@ -17,10 +17,18 @@ from typing import Dict
 
 import lib.configs
 from fastapi import HTTPException
+from lib.activelearning.random_strategy import Random
 from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
+from lib.server.auth import install_auth
+from lib.server.datastore import harden_datastore
+from lib.server.guards import install_datastore_guards
+from lib.server.install import install_server_limits
+from lib.server.settings import ServerLimits
+from lib.server.sessions import harden_sessions
+from lib.server.volume_header import check_volume_size
 from lib.transforms import BadInputError
 
 import monailabel
@@ -34,7 +42,6 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
@@ -51,6 +58,7 @@ class RefSAM3DApp(MONAILabelApp):
         config = lib.configs.RefSAM3DConfig()
         try:
             config.init("refsam3d", self.model_dir, conf, None)
+            self.limits = ServerLimits.from_conf(conf)
         except ConfError as e:
             print(f"\n--------------------------------------------------------------------------\nRefSAM3D: {e}\n"
                   "--------------------------------------------------------------------------\n")
@@ -66,6 +74,10 @@ class RefSAM3DApp(MONAILabelApp):
             version=monailabel.__version__,
         )
         install_http_error_handlers()
+        self.infer_gate = install_server_limits(self.limits)  # /infer off the event loop, upload limit
+        harden_sessions(self.sessions())  # session ids checked before they become paths
+        install_auth()  # MONAI Label's token check made to work (PyJWT 2), /reload guarded
+        install_datastore_guards()  # 400 for unsafe names, 404 for unknown ids, roles, upload names
         if isinstance(self.datastore(), DICOMWebDatastore):
             install_dicom_seg_fallback(app_dir)
 
@@ -80,6 +92,10 @@ class RefSAM3DApp(MONAILabelApp):
                    "DICOM-SEG is written with pydicom-seg instead")
             logger.warning(f"RefSAM3D: {msg}")
             self.models["refsam3d"].extra_warnings.append(msg)
+
+    def init_datastore(self):
+        """MONAI Label's datastore with client-given ids/tags checked and atomic writes (lib/server/datastore.py)."""
+        return harden_datastore(super().init_datastore())
 
     # ------------------------------------------------------------------ tasks
     def init_infers(self) -> Dict[str, InferTask]:
@@ -137,6 +153,9 @@ class RefSAM3DApp(MONAILabelApp):
             state = task.weights_card()["headline"]
             meta["name"] = f"{self.name} - {state}"
             meta["description"] = f"{state}. {self.description}"  # Slicer shows the app's description too
+        gate = getattr(self, "infer_gate", None)
+        if gate is not None:
+            meta["infer_queue"] = gate.stats()
         return meta
 
     def model_info(self, model):
@@ -153,6 +172,7 @@ class RefSAM3DApp(MONAILabelApp):
     def infer(self, request, datastore=None):
         try:
             request = self._check_request(request, datastore)
+            check_volume_size(request.get("image"), self.limits.max_voxels, datastore or self.datastore())
             return super().infer(request, datastore)
         except BadInputError as e:
             raise HTTPException(status_code=e.status_code, detail=e.message) from None

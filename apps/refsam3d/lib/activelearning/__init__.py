@@ -9,7 +9,7 @@ training and each next-sample request, and the scores are cached in the datastor
 from __future__ import annotations
 
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
+from .random_strategy import Random
 
 from .dice import LabelDiceScoring, label_map_dice
 from .uncertainty import UncertaintyScoring, UncertaintyStrategy, flip_disagreement, mask_entropy, model_version

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import traceback
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ def install_http_error_handlers() -> bool:
 
     from fastapi.exception_handlers import http_exception_handler
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.middleware.exceptions import ExceptionMiddleware
     from starlette.responses import JSONResponse, PlainTextResponse
 
     async def on_params_error(request, exc: Exception):
@@ -80,6 +79,15 @@ def install_http_error_handlers() -> bool:
         AttributeError: on_params_error,
         StarletteHTTPException: on_http_exception,
     }
+    patched = register_exception_handlers(fastapi_app, handlers)
+    logger.info(f"RefSAM3D: client-error handlers installed (running stack patched: {patched})")
+    return True
+
+
+def register_exception_handlers(fastapi_app, handlers: Dict[type, Callable]) -> bool:
+    """Add ``handlers`` to the FastAPI app and to the middleware stack it already built; True if it was patched."""
+    from starlette.middleware.exceptions import ExceptionMiddleware
+
     for exc_class, handler in handlers.items():
         fastapi_app.add_exception_handler(exc_class, handler)  # used if the middleware stack is rebuilt
     # the stack was built when the server started (the app is created during the lifespan event)
@@ -90,5 +98,4 @@ def install_http_error_handlers() -> bool:
                 node.add_exception_handler(exc_class, handler)
             patched = True
         node = getattr(node, "app", None)
-    logger.info(f"RefSAM3D: client-error handlers installed (running stack patched: {patched})")
-    return True
+    return patched
