@@ -36,11 +36,13 @@ def stop_process(process: subprocess.Popen | None, log=None) -> None:
 
 
 class ServerProcess:
-    """A server process answering ``GET /info/`` on a free 127.0.0.1 port; use as a context manager.
+    """A server process answering ``GET <probe_path>`` on a free 127.0.0.1 port; use as a context manager.
 
     Subclasses give the command (``command()``); its output goes to ``log_path``; ``probe_headers`` go with
     the start-up probe of ``/info/`` (e.g. a bearer token when the server has authentication on).
     """
+
+    probe_path = "/info/"
 
     def __init__(self, log_path: Path, startup_timeout: float = 600.0, env: Mapping[str, str] | None = None,
                  probe_headers: Mapping[str, str] | None = None):
@@ -66,13 +68,13 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode}; log:\n{self.log()[-5000:]}")
             try:
-                if requests.get(f"{self.url}/info/", headers=self.probe_headers, timeout=5).status_code == 200:
+                if requests.get(f"{self.url}{self.probe_path}", headers=self.probe_headers, timeout=5).status_code == 200:
                     return self
             except requests.RequestException:
                 pass
-            time.sleep(1.0)
+            time.sleep(0.5)
         self.stop()
-        raise TimeoutError(f"the server did not answer /info/ within {self.startup_timeout}s; log:\n{self.log()[-5000:]}")
+        raise TimeoutError(f"the server did not answer {self.probe_path} within {self.startup_timeout}s; log:\n{self.log()[-5000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
