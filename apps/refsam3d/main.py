@@ -17,11 +17,15 @@ from typing import Dict
 
 import lib.configs
 from fastapi import HTTPException
+from lib.activelearning.aliases import alias_random
 from lib.configs.refsam3d import ConfError, default_model_dir
+from lib.datastore import RefSAM3DDICOMWebDatastore
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
 from lib.transforms import BadInputError
+from lib.web import install_web_routes
+from lib.weights_history import WeightsHistory
 
 import monailabel
 from monailabel.datastore.dicom import DICOMWebDatastore
@@ -66,6 +70,8 @@ class RefSAM3DApp(MONAILabelApp):
             version=monailabel.__version__,
         )
         install_http_error_handlers()
+        self.keep_versions = int(conf.get("train_keep_versions", 5))
+        install_web_routes(config.store, self.keep_versions, config.extra_warnings.append)
         if isinstance(self.datastore(), DICOMWebDatastore):
             install_dicom_seg_fallback(app_dir)
 
@@ -80,6 +86,10 @@ class RefSAM3DApp(MONAILabelApp):
                    "DICOM-SEG is written with pydicom-seg instead")
             logger.warning(f"RefSAM3D: {msg}")
             self.models["refsam3d"].extra_warnings.append(msg)
+
+    def _init_dicomweb_datastore(self):
+        """MONAI Label's DICOMweb datastore, listing the label set's modality and never serving labelled series."""
+        return RefSAM3DDICOMWebDatastore.adopt(super()._init_dicomweb_datastore(), self.models["refsam3d"].modality)
 
     # ------------------------------------------------------------------ tasks
     def init_infers(self) -> Dict[str, InferTask]:
@@ -101,11 +111,14 @@ class RefSAM3DApp(MONAILabelApp):
 
     def init_strategies(self) -> Dict[str, Strategy]:
         strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
-        if strtobool(self.conf.get("skip_strategies", "false")):
-            return strategies
-        for task_config in self.models.values():
-            strategies.update(task_config.strategy() or {})
-        return strategies
+        if not strtobool(self.conf.get("skip_strategies", "false")):
+            for task_config in self.models.values():
+                strategies.update(task_config.strategy() or {})
+        try:  # OHIF always asks for 'random': --conf random_strategy NAME decides what serves that name
+            return alias_random(strategies, self.conf.get("random_strategy"))
+        except ValueError as e:
+            print(f"\nRefSAM3D: {e}\n")
+            raise SystemExit(2) from None
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         if strtobool(self.conf.get("skip_scoring", "true")):
@@ -137,7 +150,24 @@ class RefSAM3DApp(MONAILabelApp):
             state = task.weights_card()["headline"]
             meta["name"] = f"{self.name} - {state}"
             meta["description"] = f"{state}. {self.description}"  # Slicer shows the app's description too
+        meta["warnings"] = self._datastore_warnings(meta.get("datastore") or {})
+        model = meta.get("models", {}).get("refsam3d")
+        if model is not None:  # earlier published weights, newest first (restore: POST /model/refsam3d/versions/ID/restore)
+            history = WeightsHistory(self.models["refsam3d"].store.published_path, keep=self.keep_versions)
+            model["weights_versions"] = [{k: v.get(k) for k in ("id", "archived", "reason", "label_set", "validation_dice",
+                                                                "test", "training")} for v in history.versions()]
         return meta
+
+    def _datastore_warnings(self, status: dict) -> list:
+        """A datastore that lists no study is said so in /info (what OHIF's Next Sample would find: nothing)."""
+        if status.get("total"):
+            return []
+        where = str(self.studies)
+        ds = self.datastore()
+        if isinstance(ds, RefSAM3DDICOMWebDatastore):
+            return [f"the DICOMweb datastore {where} lists no series for the filter {ds.search_filter or '(none)'}: "
+                    "store series of the label set's modality, or set MONAI_LABEL_DICOMWEB_SEARCH_FILTER"]
+        return [f"the datastore {where} lists no study: put NIfTI/NRRD images (or DICOM series folders) there"]
 
     def model_info(self, model):
         """``GET /model/info/refsam3d``: MONAI Label's checksum and train stats, plus what the checkpoint records."""

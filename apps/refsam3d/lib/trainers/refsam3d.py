@@ -86,6 +86,7 @@ class RefSAM3DTrain(BasicTrainTask):
             "augment": self.base_cfg.augment,
             "augmentation": [self.base_cfg.augmentation] + [a for a in AUGMENTATION_PROFILES
                                                             if a != self.base_cfg.augmentation],
+            "publish_unvalidated": self.base_cfg.publish_unvalidated,
             "multi_gpu": False,
             "gpus": "all",
         }
