@@ -47,6 +47,15 @@ COUNTS_EQUAL_JS = """(want) => {
 }"""
 
 
+def unavailable(reason: str) -> None:
+    """A missing browser, PACS or viewer package fails the suite in CI and skips elsewhere, with the reason."""
+    import pytest
+
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
 def browser_missing() -> Optional[str]:
     """Why the browser test cannot run here (None when it can)."""
     if not CHROMIUM.exists():

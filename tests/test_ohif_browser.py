@@ -13,7 +13,6 @@ voxel with the mask the server returns for the same request body, sent again by 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 
 import numpy as np
@@ -21,7 +20,7 @@ import pytest
 import requests
 from app_fixtures import parse_all, read_volume
 from dicom_series import nifti_to_dicom_series
-from ohif_driver import InferCall, OhifSession, artifacts_dir, browser_missing
+from ohif_driver import InferCall, OhifSession, artifacts_dir, browser_missing, unavailable
 from orthanc_process import OrthancServer, orthanc_missing
 from server_process import REPO_ROOT, MonaiLabelServer
 
@@ -29,13 +28,6 @@ CASE = "hippocampus_019"  # a test case of benchmarks/results/hippocampus_split.
 CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
 STRUCTURES = ("anterior hippocampus", "posterior hippocampus")
 FREE_TEXT = "hippocampus"  # not a label of the set (neither a name nor a prompt): free text
-
-
-def unavailable(reason: str) -> None:
-    """A missing browser or PACS fails the suite in CI and skips elsewhere, with the reason."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")

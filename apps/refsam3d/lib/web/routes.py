@@ -4,6 +4,7 @@ server runs is enough).
 * ``GET  /model/refsam3d/versions``                 the served weights and the kept earlier versions
 * ``POST /model/refsam3d/versions/{id}/restore``    serve a kept version again (the served one is kept first);
                                                     admin role when MONAI Label's auth is on
+* ``GET  /annotate/api/studies``                    the datastore's studies and whether each has a final label
 * ``GET  /annotate/``                                the annotation page (``static/``), NiiVue from
                                                     ``node_modules/@niivue/niivue/dist`` at ``/annotate/niivue/``
 """
@@ -67,6 +68,14 @@ def install_web_routes(store, keep_versions: int, warn: Callable[[str], None]) -
         except Exception as e:  # noqa: BLE001 - reported in /info by the store; the file is in place
             logger.warning(f"RefSAM3D: restored weights not loaded yet: {e}")
         return {"restored": restored, **versions_payload(store, history)}
+
+    @app.get("/annotate/api/studies", tags=["RefSAM3D"], summary="The datastore's studies, labelled (final) or not")
+    def list_studies():
+        from monailabel.interfaces.utils.app import app_instance
+
+        datastore = app_instance().datastore()
+        labelled = set(datastore.get_labeled_images())
+        return {"studies": [{"id": i, "labelled": i in labelled} for i in sorted(datastore.list_images())]}
 
     @app.get("/annotate", include_in_schema=False)
     def annotate_root():
