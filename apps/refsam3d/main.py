@@ -89,7 +89,13 @@ class RefSAM3DApp(MONAILabelApp):
 
     def _init_dicomweb_datastore(self):
         """MONAI Label's DICOMweb datastore, listing the label set's modality and never serving labelled series."""
-        return RefSAM3DDICOMWebDatastore.adopt(super()._init_dicomweb_datastore(), self.models["refsam3d"].modality)
+        datastore = super()._init_dicomweb_datastore()
+        try:
+            return RefSAM3DDICOMWebDatastore.adopt(datastore, self.models["refsam3d"].modality,
+                                                   self.conf.get("dicomweb_search_filter"))
+        except ValueError as e:  # not JSON, or not an object
+            print(f"\nRefSAM3D: --conf dicomweb_search_filter: {e}\n")
+            raise SystemExit(2) from None
 
     # ------------------------------------------------------------------ tasks
     def init_infers(self) -> Dict[str, InferTask]:

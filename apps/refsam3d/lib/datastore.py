@@ -4,8 +4,9 @@ MONAI Label's ``DICOMWebDatastore`` lists only ``Modality=CT`` unless ``MONAI_LA
 and caches the lists of series and of labelled series for two hours (a process-wide ``TTLCache``), so a study
 labelled a minute ago is still offered by Next Sample.  ``RefSAM3DDICOMWebDatastore``:
 
-* lists the label set's modality (``MR`` for an MR label set) when the environment variable is not set, or every
-  image series (``SEG``, ``RTSTRUCT``, ``SR`` ... left out) when the modality is empty;
+* lists the label set's modality (``MR`` for an MR label set) unless a filter is chosen (``--conf
+  dicomweb_search_filter '{"Modality": "CT"}'`` or the environment variable set to another value than MONAI
+  Label's default), or every image series (``SEG``, ``RTSTRUCT``, ``SR`` ... left out) when the modality is empty;
 * keeps its own short cache of both lists (``LIST_TTL_S``), emptied whenever this server saves a label;
 * counts a series as labelled when Orthanc holds a DICOM-SEG for it *or* the local cache holds its final label.
 """
@@ -30,11 +31,22 @@ LIST_TTL_S = 30.0  # labels written to the PACS by other tools appear in Next Sa
 MODALITY_TAG = "00080060"
 
 
-def default_search_filter(modality: Optional[str]) -> Dict[str, Any]:
-    """The QIDO-RS filter for series: the environment variable when set, else the label set's modality (or none)."""
-    raw = os.environ.get(SEARCH_FILTER_ENV, "").strip()
+def default_search_filter(modality: Optional[str], chosen: Optional[str] = None) -> Dict[str, Any]:
+    """The QIDO-RS filter for series: ``chosen`` (``--conf dicomweb_search_filter``), else the environment variable
+    when it differs from MONAI Label's default (``monailabel start_server`` exports every setting, the default
+    ``{"Modality": "CT"}`` too, so that value means "not chosen"), else the label set's modality (or none)."""
+    raw = (chosen or "").strip()
+    if not raw:
+        from monailabel.config import Settings
+
+        env = os.environ.get(SEARCH_FILTER_ENV, "").strip()
+        default = Settings.model_fields[SEARCH_FILTER_ENV].default
+        raw = env if env and json.loads(env) != default else ""
     if raw:
-        return json.loads(raw)
+        value = json.loads(raw)
+        if not isinstance(value, dict):
+            raise ValueError(f"a DICOMweb search filter must be a JSON object, got {raw!r}")
+        return value
     return {"Modality": str(modality).upper()} if modality else {}
 
 
@@ -49,10 +61,11 @@ class RefSAM3DDICOMWebDatastore(DICOMWebDatastore):
     _cache_lock = threading.Lock()
 
     @classmethod
-    def adopt(cls, datastore: DICOMWebDatastore, modality: Optional[str]) -> "RefSAM3DDICOMWebDatastore":
+    def adopt(cls, datastore: DICOMWebDatastore, modality: Optional[str],
+              chosen_filter: Optional[str] = None) -> "RefSAM3DDICOMWebDatastore":
         """Turn the datastore MONAI Label built (client, cache folder, options) into this class, in place."""
         datastore.__class__ = cls
-        datastore._search_filter = default_search_filter(modality)
+        datastore._search_filter = default_search_filter(modality, chosen_filter)
         datastore._lists = {}
         logger.info(f"RefSAM3D: DICOMweb series filter {datastore._search_filter or 'none (all image series)'}")
         return datastore
