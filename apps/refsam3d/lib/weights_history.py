@@ -123,15 +123,15 @@ class WeightsHistory:
     def restore(self, version_id: str) -> Dict[str, Any]:
         """Serve ``version_id`` again; what was served is archived first.  Returns the restored version."""
         entry = self.get(version_id)
-        self.archive_current(f"replaced by the restore of version {version_id}")
-        source = self.folder / entry["file"]
         fd, tmp = tempfile.mkstemp(prefix=self.published.name + ".", suffix=".restore", dir=str(self.published.parent))
         os.close(fd)
         try:
-            shutil.copyfile(source, tmp)  # a new mtime: the serving ModelStore sees a new file and reloads it
+            # copied first: archiving the served file may prune the very version being restored
+            shutil.copyfile(self.folder / entry["file"], tmp)  # a new mtime: the serving ModelStore reloads it
             from lib.model import new_file_mode
 
             os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the weights from other readers
+            self.archive_current(f"replaced by the restore of version {version_id}")
             os.replace(tmp, self.published)
         finally:
             if os.path.exists(tmp):
