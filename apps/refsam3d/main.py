@@ -2,6 +2,10 @@
 
     monailabel start_server --app apps/refsam3d --studies <folder or DICOMweb URL> [--conf key value ...]
 
+Besides the task keys (``lib/configs/refsam3d.py``), this file reads ``random_strategy`` (what serves OHIF's
+``random``), ``dicomweb_search_filter`` and ``train_keep_versions``, and adds the routes of ``lib/web``
+(weights versions, the ``/annotate/`` page); see docs/annotate.md.
+
 The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` reads the ``--conf``
 keys and builds the tasks; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them
 into ``MONAILabelApp`` and checks each inference request before MONAI Label runs it, so that client
