@@ -123,3 +123,19 @@ def test_restoring_an_unknown_version_is_a_404(server):
     res = requests.post(f"{server.url}/model/refsam3d/versions/no-such-version/restore", timeout=60)
     assert res.status_code == 404 and "no weights version 'no-such-version'" in res.json()["detail"]
     assert sha256(server.published) == before
+
+
+def test_uploaded_weights_keep_the_served_ones_and_garbage_is_refused(server):
+    before = sha256(server.published)
+    bad = requests.put(f"{server.url}/model/refsam3d", files={"file": ("x.pt", b"not weights")}, timeout=60)
+    assert bad.status_code == 400 and "not a RefSAM3D checkpoint" in bad.json()["detail"]
+    assert sha256(server.published) == before
+    n = len(requests.get(f"{server.url}/model/refsam3d/versions", timeout=60).json()["versions"])
+    with open(CHECKPOINT, "rb") as f:
+        up = ok(requests.put(f"{server.url}/model/refsam3d", files={"file": ("shipped.pt", f)}, timeout=300), server)
+    assert sha256(server.published) == sha256(CHECKPOINT) and up.json()["checksum"].endswith(sha256(CHECKPOINT))
+    versions = requests.get(f"{server.url}/model/refsam3d/versions", timeout=60).json()["versions"]
+    if before != sha256(CHECKPOINT):  # other weights were served: kept under the upload's reason
+        assert len(versions) == n + 1 and versions[0]["sha256"] == before and "upload" in versions[0]["reason"]
+    else:  # the same weights: kept once (the newest version) or newly, never lost
+        assert any(v["sha256"] == before for v in versions)

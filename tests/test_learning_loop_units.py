@@ -88,3 +88,19 @@ def test_dicomweb_filter_follows_the_label_set_unless_chosen(monkeypatch):
     with pytest.raises(ValueError):
         default_search_filter("MR", '["CT"]')
     assert series_modality({"00080060": {"vr": "CS", "Value": ["seg"]}}) == "SEG" and series_modality({}) == ""
+
+
+def test_random_answers_when_every_study_was_just_served(tmp_path, hippocampus_dir):
+    """MONAI Label's Random raises when all unlabelled studies were served this second; SafeRandom answers."""
+    import shutil
+    import time
+
+    from lib.activelearning import SafeRandom
+    from monailabel.datastore.local import LocalDatastore
+
+    shutil.copy(hippocampus_dir / "imagesTr" / "hippocampus_004.nii.gz", tmp_path / "hippocampus_004.nii.gz")
+    datastore = LocalDatastore(str(tmp_path), extensions=("*.nii.gz",), auto_reload=False)
+    datastore.update_image_info("hippocampus_004", {"strategy": {"random": {"ts": int(time.time()) + 5}}})
+    with pytest.raises(ValueError, match="weights"):
+        Random()({"strategy": "random"}, datastore)
+    assert SafeRandom()({"strategy": "random"}, datastore)["id"] == "hippocampus_004"

@@ -22,6 +22,7 @@ from typing import Dict
 import lib.configs
 from fastapi import HTTPException
 from lib.activelearning.aliases import alias_random
+from lib.activelearning.random_pick import SafeRandom
 from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.datastore import RefSAM3DDICOMWebDatastore
 from lib.infers.dicom_seg import install_dicom_seg_fallback
@@ -42,7 +43,6 @@ from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.tasks.activelearning.random import Random
 from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class RefSAM3DApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
+        strategies: Dict[str, Strategy] = {"random": SafeRandom(), "first": First()}
         if not strtobool(self.conf.get("skip_strategies", "false")):
             for task_config in self.models.values():
                 strategies.update(task_config.strategy() or {})

@@ -4,6 +4,8 @@ server runs is enough).
 * ``GET  /model/refsam3d/versions``                 the served weights and the kept earlier versions
 * ``POST /model/refsam3d/versions/{id}/restore``    serve a kept version again (the served one is kept first);
                                                     admin role when MONAI Label's auth is on
+* ``PUT  /model/refsam3d``                          MONAI Label's upload, answered first here: a checked
+                                                    checkpoint, the served weights kept, an atomic rename
 * ``GET  /annotate/api/studies``                    the datastore's studies and whether each has a final label
 * ``GET  /annotate/``                                the annotation page (``static/``), NiiVue from
                                                     ``node_modules/@niivue/niivue/dist`` at ``/annotate/niivue/``
@@ -12,11 +14,14 @@ server runs is enough).
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from fastapi import Depends, HTTPException
+from fastapi import Depends, HTTPException, UploadFile
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from lib.weights_history import VersionNotFound, WeightsHistory
@@ -40,6 +45,33 @@ def _admin():
 def versions_payload(store, history: WeightsHistory) -> Dict[str, Any]:
     return {"served": store.version, "published_weights": str(store.published_path) if store.has_trained_weights()
             else None, "versions": history.versions()}
+
+
+def replace_by_upload(store, history: WeightsHistory, file: UploadFile) -> Dict[str, Any]:
+    """Check the upload is a readable RefSAM3D checkpoint (else 400, nothing changed), keep the served weights as a
+    version, then rename the upload over the published file (atomic, unlike MONAI Label's copy)."""
+    from lib.model import new_file_mode, read_checkpoint
+    from monailabel.utils.others.generic import file_checksum
+
+    published = Path(store.published_path)
+    published.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=published.name + ".", suffix=".upload", dir=str(published.parent))
+    try:
+        with os.fdopen(fd, "wb") as out:
+            shutil.copyfileobj(file.file, out, length=1 << 22)
+        try:
+            read_checkpoint(tmp)
+        except Exception as e:  # noqa: BLE001 - any unreadable upload is the client's mistake
+            raise HTTPException(status_code=400, detail=f"not a RefSAM3D checkpoint: {str(e)[:300]}") from None
+        os.chmod(tmp, new_file_mode())
+        kept = history.archive_current(f"replaced by an upload (PUT /model/refsam3d, {file.filename or 'no name'})")
+        os.replace(tmp, published)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    logger.info(f"RefSAM3D: uploaded weights published to {published}; kept version {kept and kept['id']}")
+    return {"checksum": file_checksum(str(published)), "modified_time": int(published.stat().st_mtime),
+            "kept_version": kept["id"] if kept else None}
 
 
 def install_web_routes(store, keep_versions: int, warn: Callable[[str], None]) -> bool:
@@ -68,6 +100,13 @@ def install_web_routes(store, keep_versions: int, warn: Callable[[str], None]) -
         except Exception as e:  # noqa: BLE001 - reported in /info by the store; the file is in place
             logger.warning(f"RefSAM3D: restored weights not loaded yet: {e}")
         return {"restored": restored, **versions_payload(store, history)}
+
+    @app.put("/model/refsam3d", tags=["RefSAM3D"],
+             summary="Upload weights to serve (a RefSAM3D checkpoint); the served ones are kept as a version first")
+    def upload_weights(file: UploadFile, user=Depends(_admin())):
+        return replace_by_upload(store, history, file)
+
+    app.router.routes.insert(0, app.router.routes.pop())  # before MONAI Label's PUT /model/{model} (no version kept)
 
     @app.get("/annotate/api/studies", tags=["RefSAM3D"], summary="The datastore's studies, labelled (final) or not")
     def list_studies():
