@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import requests
 from app_fixtures import infer, read_volume
-from ohif_driver import OhifSession, artifacts_dir, browser_missing, unavailable
+from ohif_driver import OhifSession, browser_session, unavailable
 from server_process import REPO_ROOT, MonaiLabelServer
 
 CASES = ("hippocampus_004", "hippocampus_006")
@@ -49,13 +49,7 @@ def server(tmp_path_factory, hippocampus_dir):
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory, pytestconfig):
-    if browser_missing():
-        unavailable(browser_missing())
-    with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(REPO_ROOT, "annotate_page")) as s:
-        yield s
-        s.screenshot("final")  # also after a failure: what the page showed then
-    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\n/annotate/ screenshots and console log: {s.artifacts}/ ({', '.join(p.name for p in s.shots)})")
+    yield from browser_session(tmp_path_factory, pytestconfig, REPO_ROOT, "annotate_page")
 
 
 def drawing_counts(page) -> dict:
@@ -94,8 +88,17 @@ def test_annotate_loop_in_a_browser(server, browser: OhifSession):
     assert structures == ["anterior hippocampus", "posterior hippocampus"]
     browser.screenshot("opened")
 
-    # pick a study and run a free-text prompt: the page shows the server's mask, voxel for voxel
+    # Next sample (key N) with the strategy 'first': the first unlabelled study opens
     study = CASES[0]
+    page.select_option("#strategy", "first")
+    page.keyboard.press("n")
+    wait_status(page, f"Opening {study}: done")
+    assert page.locator("#study-title").inner_text() == study
+    assert page.evaluate("() => window.refsam3d.nv.volumes.length") == 1
+
+    # pick a study from the list and run a free-text prompt: the page shows the server's mask, voxel for voxel
+    page.locator(f"#studies li[data-id={CASES[1]}]").click()
+    wait_status(page, f"Opening {CASES[1]}: done")
     page.locator(f"#studies li[data-id={study}]").click()
     wait_status(page, f"Opening {study}: done")
     page.fill("#prompt", FREE_TEXT)

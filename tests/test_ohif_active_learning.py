@@ -19,7 +19,7 @@ import pytest
 import requests
 from dicom_series import nifti_to_dicom_series
 from loop_helpers import ok, save_model_label
-from ohif_driver import OhifSession, artifacts_dir, browser_missing, unavailable
+from ohif_driver import OhifSession, browser_session, unavailable
 from orthanc_process import OrthancServer, orthanc_missing
 from server_process import REPO_ROOT, MonaiLabelServer
 
@@ -58,13 +58,7 @@ def server(pacs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ohif(tmp_path_factory, pytestconfig):
-    if browser_missing():
-        unavailable(browser_missing())
-    with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(REPO_ROOT, "ohif_active_learning")) as s:
-        yield s
-        s.screenshot("final")
-    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nOHIF Active Learning screenshots: {s.artifacts}/ ({', '.join(p.name for p in s.shots)})")
+    yield from browser_session(tmp_path_factory, pytestconfig, REPO_ROOT, "ohif_active_learning")
 
 
 def test_info_lists_the_label_sets_modality_without_environment(server, pacs):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -28,16 +27,9 @@ from typing import Any, Dict, Iterator, List, Optional
 DEFAULT_KEEP = 5
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def describe_weights(path: Path) -> Dict[str, Any]:
     """What a checkpoint file is (label set, validation / test Dice, the run that made it); never raises."""
+    from lib.model_store import _sha256
     from lib.weights_card import summarise_extra
 
     out: Dict[str, Any] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
