@@ -186,7 +186,8 @@ class RefSAM3DApp(MONAILabelApp):
         if info is not None and hasattr(task, "weights_card"):
             card = task.weights_card()
             info["weights"] = card
-            info.setdefault("train_stats", card.get("training") or {})
+            if (info.get("train_stats") or {}).get("status", "NOT STARTED") == "NOT STARTED":  # no run on this server
+                info["train_stats"] = card.get("training") or {}
         return info
 
     # ------------------------------------------------------------------ inference with readable client errors

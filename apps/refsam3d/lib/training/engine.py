@@ -244,6 +244,7 @@ def run_training(
         logger.info(f"Published model (epoch {epoch}"
                     f"{', val mean Dice %.4f' % metrics['mean_dice'] if metrics else ''}) -> {publish}")
 
+    write_stats()  # at once: viewers see the new run (epoch 0 of total_epochs), not the last run's stats
     best = -math.inf
     if start_from_published and val_ds is not None and cfg.validate_start and cfg.publish == "best":
         m0 = validate(adapter, val_ds, cfg.val_max_cases)

@@ -162,7 +162,10 @@ async function save() {
 
 // ------------------------------------------------------------------ training
 function showTraining(ts) {
-  if (!ts || !ts.total_epochs) { $("train-stats").textContent = "no training run yet"; return; }
+  if (!ts || !ts.total_epochs || ts.status === "NOT STARTED") {
+    $("train-stats").textContent = "no training run yet";
+    return;
+  }
   const done = ts.status === "DONE";
   const percent = done ? 100 : Math.min(100, Math.round(100 * (ts.iteration || 0) / Math.max(1, ts.total_iterations)));
   $("train-progress").value = percent;
