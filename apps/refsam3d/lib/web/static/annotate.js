@@ -191,6 +191,7 @@ async function pollTraining() {
     clearInterval(state.polling);
     state.polling = null;
     $("train").disabled = false;
+    $("app-name").textContent = info.name;  // says what the served weights are now
     await showVersions();
     say(`Training: ${task.status.toLowerCase()}`, task.status === "ERROR");
   }
