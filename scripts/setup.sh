@@ -13,6 +13,20 @@ if [ ! -x /usr/sbin/Orthanc ] || [ ! -f /usr/share/orthanc/plugins/libOrthancDic
     echo "WARNING: Orthanc + orthanc-dicomweb + chromium are not installed and this is not root: the DICOMweb and browser tests will be skipped (and fail under CI=true)" >&2
   fi
 fi
+# The /annotate/ page's viewer: NiiVue from npm (its prebuilt dist/ is served as is; no build step), into the
+# git-ignored apps/refsam3d/lib/web/node_modules/, pinned by package-lock.json.
+if ! command -v npm >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  else
+    echo "WARNING: npm is not installed and this is not root: the /annotate/ page has no viewer (its browser test fails under CI=true)" >&2
+  fi
+fi
+web=apps/refsam3d/lib/web
+if command -v npm >/dev/null && ! cmp -s "$web/package-lock.json" "$web/node_modules/.package-lock.json.installed"; then
+  (cd "$web" && npm ci --no-audit --no-fund --loglevel=error && cp package-lock.json node_modules/.package-lock.json.installed)
+fi
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from conftest import require
+
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--use-angle=swiftshader", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
@@ -161,6 +163,17 @@ class OhifSession:
         """Wait until OHIF's labelmap holds exactly these {segment index: voxel count} (a condition, no sleeps)."""
         want = json.dumps({str(k): v for k, v in sorted(counts.items()) if v}, separators=(",", ":"))
         self.page.wait_for_function(COUNTS_EQUAL_JS, arg=want, timeout=WAIT_MS)
+
+def browser_session(tmp_path_factory, pytestconfig, repo_root: Path, name: str):
+    """Body of a module-scoped browser fixture (``yield from``): one Chromium whose screenshots go to
+    ``artifacts_dir(repo_root, name)``, a last screenshot also after a failure, the folder printed at the end."""
+    require(browser_missing() is None, browser_missing() or "")
+    with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(repo_root, name)) as s:
+        yield s
+        s.screenshot("final")  # also after a failure: what the page showed then
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        print(f"\nScreenshots, console log, request bodies: {s.artifacts}/ ({', '.join(p.name for p in s.shots)})")
+
 
 def artifacts_dir(repo_root: Path, name: str) -> Path:
     """Where a test keeps its screenshots: ``$REFSAM3D_TEST_ARTIFACTS/<name>`` or ``<repo>/test-artifacts/<name>``."""

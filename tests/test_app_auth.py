@@ -13,7 +13,7 @@ import pytest
 import requests
 from app_fixtures import HIPPOCAMPUS_CASES
 from oidc_issuer import OIDCIssuer, new_key
-from server_process import MonaiLabelServer
+from server_process import REPO_ROOT, MonaiLabelServer
 
 CASE = HIPPOCAMPUS_CASES[0]
 USER, ANNOTATOR, ADMIN = "monailabel-user", "monailabel-annotator", "monailabel-admin"
@@ -66,7 +66,7 @@ def _groups(server):
         "train": [("POST", "/train/refsam3d", {"json": {}}), ("DELETE", "/train/", {})],
         "admin": [("DELETE", f"/datastore/image?id={CASE}", {}), ("DELETE", f"/datastore/label?id={CASE}&tag=final", {}),
                   ("GET", "/model/refsam3d", {}), ("PUT", "/model/refsam3d", {"files": {"file": ("m.pt", image)}}),
-                  ("POST", "/reload", {})],
+                  ("POST", "/reload", {}), ("POST", "/model/refsam3d/versions/none/restore", {})],
     }
 
 
@@ -75,7 +75,9 @@ def test_no_expired_or_foreign_token_is_401_everywhere(server, issuer):
     foreign_kid = issuer.token("mallory", [USER, ANNOTATOR, ADMIN], key=new_key(), kid="other-key")
     expired = issuer.token("admin", [USER, ANNOTATOR, ADMIN], expires_in=-60)
     unsigned = issuer.token("admin", [USER, ANNOTATOR, ADMIN]).rsplit(".", 1)[0] + "."
-    endpoints = [("GET", "/info/", {}), ("GET", "/datastore/", {})] + [e for g in _groups(server).values() for e in g]
+    reads = [("GET", "/info/", {}), ("GET", "/datastore/", {}), ("GET", "/model/refsam3d/versions", {}),
+             ("GET", "/annotate/api/studies", {})]
+    endpoints = reads + [e for g in _groups(server).values() for e in g]
     for name, token in (("none", None), ("foreign", foreign), ("foreign-kid", foreign_kid), ("expired", expired),
                         ("unsigned", unsigned), ("garbage", "not-a-jwt")):
         for method, path, kwargs in endpoints:
@@ -107,6 +109,8 @@ def test_valid_tokens_of_the_right_role_are_served(server, issuer):
     info = _call(server, "GET", "/info/", viewer)
     assert info.status_code == 200 and "refsam3d" in info.json()["models"]
     assert _call(server, "GET", "/datastore/", viewer).status_code == 200
+    assert _call(server, "GET", "/model/refsam3d/versions", viewer).status_code == 200
+    assert _call(server, "GET", "/annotate/api/studies", viewer).status_code == 200
 
     groups = _groups(server)
     for method, path, kwargs in groups["annotate"]:
@@ -118,10 +122,16 @@ def test_valid_tokens_of_the_right_role_are_served(server, issuer):
     assert r.status_code == 200, r.text
     assert _call(server, "DELETE", "/train/", admin).status_code == 200
 
-    # authorised; the infer task registers no MONAI Label model file (weights are published by the train task under
-    # model_dir and never overwritten through PUT /model), so MONAI Label answers its own 404
-    model = _call(server, "GET", "/model/refsam3d", admin)
-    assert model.status_code == 404 and "Model File NOT Found" in model.text, model.text
+    # model download: the published weights, for an admin (here a copy of the shipped checkpoint, removed again)
+    published = server.root / "model" / "refsam3d_small.pt"
+    shipped = (REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt").read_bytes()
+    published.write_bytes(shipped)
+    try:
+        model = _call(server, "GET", "/model/refsam3d", admin)
+        assert model.status_code == 200 and model.content == shipped, model.text[:300]
+        assert _call(server, "GET", "/model/refsam3d", annotator).status_code == 403
+    finally:
+        published.unlink()
     other = HIPPOCAMPUS_CASES[1]
     assert _call(server, "DELETE", f"/datastore/label?id={CASE}&tag=final", admin).status_code == 200
     assert _call(server, "DELETE", f"/datastore/image?id={other}", admin).status_code == 200

@@ -21,7 +21,7 @@ import requests
 from app_fixtures import parse_all, read_volume
 from conftest import require
 from dicom_series import nifti_to_dicom_series
-from ohif_driver import InferCall, OhifSession, artifacts_dir, browser_missing
+from ohif_driver import InferCall, OhifSession, browser_session
 from orthanc_process import OrthancServer, orthanc_missing
 from server_process import REPO_ROOT, MonaiLabelServer
 
@@ -57,12 +57,7 @@ def server(pacs, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ohif(tmp_path_factory, pytestconfig):
-    require(browser_missing() is None, browser_missing() or "")
-    with OhifSession(tmp_path_factory.mktemp("chromium-profile"), artifacts_dir(REPO_ROOT, "ohif_browser")) as s:
-        yield s
-        s.screenshot("final")  # also after a failure: what OHIF showed then
-    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
-        print(f"\nOHIF screenshots, console log, request bodies: {s.artifacts}/ ({', '.join(p.name for p in s.shots)})")
+    yield from browser_session(tmp_path_factory, pytestconfig, REPO_ROOT, "ohif_browser")
 
 
 def server_mask(server: MonaiLabelServer, call: InferCall, series_uid: str):

@@ -2,6 +2,10 @@
 
     monailabel start_server --app apps/refsam3d --studies <folder or DICOMweb URL> [--conf key value ...]
 
+Besides the task keys (``lib/configs/refsam3d.py``), this file reads ``random_strategy`` (what serves OHIF's
+``random``), ``dicomweb_search_filter`` and ``train_keep_versions``, and adds the routes of ``lib/web``
+(weights versions, the ``/annotate/`` page); see docs/annotate.md.
+
 The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` reads the ``--conf``
 keys and builds the tasks; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them
 into ``MONAILabelApp`` and checks each inference request before MONAI Label runs it, so that client
@@ -17,8 +21,10 @@ from typing import Dict
 
 import lib.configs
 from fastapi import HTTPException
-from lib.activelearning.random_strategy import Random
+from lib.activelearning.aliases import alias_random
+from lib.activelearning.random_pick import SafeRandom
 from lib.configs.refsam3d import ConfError, default_model_dir
+from lib.datastore import RefSAM3DDICOMWebDatastore
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
@@ -30,6 +36,8 @@ from lib.server.settings import ServerLimits
 from lib.server.sessions import harden_sessions
 from lib.server.volume_header import check_volume_size
 from lib.transforms import BadInputError
+from lib.web import install_web_routes
+from lib.weights_history import WeightsHistory
 
 import monailabel
 from monailabel.datastore.dicom import DICOMWebDatastore
@@ -76,6 +84,8 @@ class RefSAM3DApp(MONAILabelApp):
         install_http_error_handlers()
         self.infer_gate = install_server_limits(self.limits)  # /infer off the event loop, upload limit
         harden_sessions(self.sessions())  # session ids checked before they become paths
+        self.keep_versions = int(conf.get("train_keep_versions", 5))
+        install_web_routes(config.store, self.keep_versions, config.extra_warnings.append)  # before the guards
         install_auth()  # MONAI Label's token check made to work (PyJWT 2), /reload guarded
         install_datastore_guards()  # 400 for unsafe names, 404 for unknown ids, roles, upload names
         if isinstance(self.datastore(), DICOMWebDatastore):
@@ -96,6 +106,15 @@ class RefSAM3DApp(MONAILabelApp):
     def init_datastore(self):
         """MONAI Label's datastore with client-given ids/tags checked and atomic writes (lib/server/datastore.py)."""
         return harden_datastore(super().init_datastore())
+    def _init_dicomweb_datastore(self):
+        """MONAI Label's DICOMweb datastore, listing the label set's modality and never serving labelled series."""
+        datastore = super()._init_dicomweb_datastore()
+        try:
+            return RefSAM3DDICOMWebDatastore.adopt(datastore, self.models["refsam3d"].modality,
+                                                   self.conf.get("dicomweb_search_filter"))
+        except ValueError as e:  # not JSON, or not an object
+            print(f"\nRefSAM3D: --conf dicomweb_search_filter: {e}\n")
+            raise SystemExit(2) from None
 
     # ------------------------------------------------------------------ tasks
     def init_infers(self) -> Dict[str, InferTask]:
@@ -116,12 +135,15 @@ class RefSAM3DApp(MONAILabelApp):
         return trainers
 
     def init_strategies(self) -> Dict[str, Strategy]:
-        strategies: Dict[str, Strategy] = {"random": Random(), "first": First()}
-        if strtobool(self.conf.get("skip_strategies", "false")):
-            return strategies
-        for task_config in self.models.values():
-            strategies.update(task_config.strategy() or {})
-        return strategies
+        strategies: Dict[str, Strategy] = {"random": SafeRandom(), "first": First()}
+        if not strtobool(self.conf.get("skip_strategies", "false")):
+            for task_config in self.models.values():
+                strategies.update(task_config.strategy() or {})
+        try:  # OHIF always asks for 'random': --conf random_strategy NAME decides what serves that name
+            return alias_random(strategies, self.conf.get("random_strategy"))
+        except ValueError as e:
+            print(f"\nRefSAM3D: {e}\n")
+            raise SystemExit(2) from None
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
         if strtobool(self.conf.get("skip_scoring", "true")):
@@ -156,7 +178,24 @@ class RefSAM3DApp(MONAILabelApp):
         gate = getattr(self, "infer_gate", None)
         if gate is not None:
             meta["infer_queue"] = gate.stats()
+        meta["warnings"] = self._datastore_warnings(meta.get("datastore") or {})
+        model = meta.get("models", {}).get("refsam3d")
+        if model is not None:  # earlier published weights, newest first (restore: POST /model/refsam3d/versions/ID/restore)
+            history = WeightsHistory(self.models["refsam3d"].store.published_path, keep=self.keep_versions)
+            model["weights_versions"] = [{k: v.get(k) for k in ("id", "archived", "reason", "label_set", "validation_dice",
+                                                                "test", "training")} for v in history.versions()]
         return meta
+
+    def _datastore_warnings(self, status: dict) -> list:
+        """A datastore that lists no study is said so in /info (what OHIF's Next Sample would find: nothing)."""
+        if status.get("total"):
+            return []
+        where = str(self.studies)
+        ds = self.datastore()
+        if isinstance(ds, RefSAM3DDICOMWebDatastore):
+            return [f"the DICOMweb datastore {where} lists no series for the filter {ds.search_filter or '(none)'}: "
+                    "store series of the label set's modality, or set MONAI_LABEL_DICOMWEB_SEARCH_FILTER"]
+        return [f"the datastore {where} lists no study: put NIfTI/NRRD images (or DICOM series folders) there"]
 
     def model_info(self, model):
         """``GET /model/info/refsam3d``: MONAI Label's checksum and train stats, plus what the checkpoint records."""
@@ -165,7 +204,8 @@ class RefSAM3DApp(MONAILabelApp):
         if info is not None and hasattr(task, "weights_card"):
             card = task.weights_card()
             info["weights"] = card
-            info.setdefault("train_stats", card.get("training") or {})
+            if (info.get("train_stats") or {}).get("status", "NOT STARTED") == "NOT STARTED":  # no run on this server
+                info["train_stats"] = card.get("training") or {}
         return info
 
     # ------------------------------------------------------------------ inference with readable client errors

@@ -9,14 +9,14 @@ training and each next-sample request, and the scores are cached in the datastor
 from __future__ import annotations
 
 from monailabel.tasks.activelearning.first import First
-from .random_strategy import Random
 
 from .dice import LabelDiceScoring, label_map_dice
+from .random_pick import SafeRandom
 from .uncertainty import UncertaintyScoring, UncertaintyStrategy, flip_disagreement, mask_entropy, model_version
 
 
 def build_strategies(task_config) -> dict:
-    return {"random": Random(), "first": First(), "uncertainty": UncertaintyStrategy(task_config)}
+    return {"random": SafeRandom(), "first": First(), "uncertainty": UncertaintyStrategy(task_config)}
 
 
 def build_scoring_methods(task_config) -> dict:
@@ -24,6 +24,6 @@ def build_scoring_methods(task_config) -> dict:
 
 
 __all__ = [
-    "LabelDiceScoring", "UncertaintyScoring", "UncertaintyStrategy", "build_scoring_methods", "build_strategies",
-    "flip_disagreement", "label_map_dice", "mask_entropy", "model_version",
+    "LabelDiceScoring", "SafeRandom", "UncertaintyScoring", "UncertaintyStrategy", "build_scoring_methods",
+    "build_strategies", "flip_disagreement", "label_map_dice", "mask_entropy", "model_version",
 ]

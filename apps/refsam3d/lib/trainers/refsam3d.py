@@ -86,6 +86,7 @@ class RefSAM3DTrain(BasicTrainTask):
             "augment": self.base_cfg.augment,
             "augmentation": [self.base_cfg.augmentation] + [a for a in AUGMENTATION_PROFILES
                                                             if a != self.base_cfg.augmentation],
+            "publish_unvalidated": self.base_cfg.publish_unvalidated,
             "multi_gpu": False,
             "gpus": "all",
         }
@@ -168,6 +169,11 @@ class RefSAM3DTrain(BasicTrainTask):
                 logger.warning(f"Published model {published} could not be loaded ({exc}); starting from base weights")
         logger.info("Training from the base weights (no published model, or pretrained=false)")
         return store.build_fresh(), False
+
+    def stats(self):
+        """The last run's stats; before any run, a 'not started' record (OHIF reads an empty one as 1/1 = 100 %)."""
+        return super().stats() or {"status": "NOT STARTED", "epoch": 0, "total_epochs": self.base_cfg.max_epochs,
+                                   "iteration": 0, "total_time": "0:00:00"}
 
     def pre_process(self, request, datastore: Datastore):
         return datastore.datalist()

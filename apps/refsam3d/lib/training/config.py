@@ -123,6 +123,8 @@ class TrainConfig:
     log_interval_s: float = 10.0
     publish: str = "best"  # best (on validation improvement) | last (every epoch)
     validate_start: bool = True  # when fine-tuning a published model: its validation Dice is the bar to beat
+    publish_unvalidated: bool = True  # with no validation study: publish anyway (said in the log and the stats)
+    keep_versions: int = 5  # earlier published weights kept in model/versions/ (lib/weights_history.py)
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":

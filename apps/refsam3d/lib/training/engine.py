@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from lib.weights_history import WeightsHistory
 
 from .adapters import SegmentationAdapter, resolve_device
 from .config import TrainConfig
@@ -193,8 +194,13 @@ def run_training(
         "run_id": run_id, "status": "RUNNING", "start_ts": int(t_start), "epoch": 0, "max_epochs": cfg.max_epochs,
         "iteration": 0, "planned_iterations": planned_iters, "iterations_per_epoch": iters_per_epoch,
         "budget_minutes": cfg.max_minutes or None, "best_metric": None, "best_metric_epoch": None,
+        "total_epochs": cfg.max_epochs, "total_iterations": planned_iters,  # OHIF: epoch / total_epochs
         "published": None, "published_epoch": None, "publish_path": str(publish) if publish else None,
+        "archived_version": None, "published_without_validation": False,
         "train_cases": len(train_datalist), "val_cases": len(val_datalist), "config": cfg.to_dict(),
+        "val_studies": [d.get("id") or Path(str(d.get("image"))).name for d in val_datalist],
+        "validation": ("Dice on held-out labelled studies (never trained on)" if val_datalist
+                       else "none: no held-out labelled study (label more studies or set val_split)"),
         "model": adapter.describe(), "train": {}, "eval": {}, "history": [],
     }
 
@@ -217,6 +223,16 @@ def run_training(
     def do_publish(epoch: int, metrics: dict | None) -> None:
         if publish is None:
             return
+        if val_ds is None:
+            if not cfg.publish_unvalidated:
+                logger.warning("Not publishing: no validation study and publish_unvalidated is false")
+                return
+            state["published_without_validation"] = True
+            logger.warning(f"Publishing WITHOUT validation (no held-out labelled study): epoch {epoch}; the weights "
+                           "served before this run are kept as a version")
+        if state["published"] is None:  # the first publish of this run keeps what it replaces
+            kept = WeightsHistory(publish, keep=cfg.keep_versions).archive_current(f"replaced by training run {run_id}")
+            state["archived_version"] = kept["id"] if kept else None
         extra = dict(checkpoint_extra or {})
         extra["training"] = {"run_id": run_id, "epoch": epoch, "iteration": state["iteration"],
                              "val": metrics, "config": cfg.to_dict(),
@@ -228,6 +244,7 @@ def run_training(
         logger.info(f"Published model (epoch {epoch}"
                     f"{', val mean Dice %.4f' % metrics['mean_dice'] if metrics else ''}) -> {publish}")
 
+    write_stats()  # at once: viewers see the new run (epoch 0 of total_epochs), not the last run's stats
     best = -math.inf
     if start_from_published and val_ds is not None and cfg.validate_start and cfg.publish == "best":
         m0 = validate(adapter, val_ds, cfg.val_max_cases)
