@@ -64,8 +64,7 @@ class AtomicLocalDatastore(LocalDatastore):
     def _update_datastore_file(self, lock=True):
         from filelock import FileLock
 
-        def write() -> None:
-            self._ignore_event_config = True
+        def write() -> None:  # no "ignore the next event" flag: a rename is seen as a move (_on_index_replaced)
             text = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
             atomic_write_text(self._datastore_config_path, text)
             self._config_ts = os.stat(self._datastore_config_path).st_mtime
@@ -75,6 +74,14 @@ class AtomicLocalDatastore(LocalDatastore):
                 write()
         else:
             write()
+
+    def _on_index_replaced(self, event) -> None:
+        """The file watcher saw a rename: when it put a new ``datastore_v2.json`` in place (an atomic write of this
+        process or of another, e.g. a scoring or training subprocess), reload it if its time stamp changed."""
+        if os.path.realpath(getattr(event, "dest_path", "") or "") == os.path.realpath(self._datastore_config_path):
+            self._init_from_datastore_file()
+        elif getattr(event, "dest_path", None):
+            self._on_any_event(event)  # an image or label renamed into place: as a created file
 
 
 class NameCheckedDatastore:
@@ -156,4 +163,7 @@ def harden_datastore(datastore):
             bases = (NameCheckedDatastore, cls)
         _CLASSES[cls] = type(f"Hardened{cls.__name__}", bases, {"__doc__": cls.__doc__, "__module__": __name__})
     datastore.__class__ = _CLASSES[cls]
+    handler = getattr(datastore, "_handler", None)  # MONAI Label's file watcher reacts to created/modified only
+    if handler is not None and isinstance(datastore, AtomicLocalDatastore):
+        handler.on_moved = datastore._on_index_replaced
     return datastore
