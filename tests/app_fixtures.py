@@ -47,6 +47,16 @@ def build_studies(dest: Path, totalseg_dir: Path, hippocampus_dir: Path, cases=H
     return dest
 
 
+def hippocampus_studies(root: Path, hippocampus_dir: Path, cases) -> Path:
+    """``root/studies`` holding copies (mode 0644) of the given MSD hippocampus cases' images."""
+    studies = root / "studies"
+    studies.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        shutil.copy(hippocampus_dir / "imagesTr" / f"{case}.nii.gz", studies / f"{case}.nii.gz")
+        (studies / f"{case}.nii.gz").chmod(0o644)
+    return studies
+
+
 def write_label_set(path: Path, data: Dict[str, Any] = TEST_LABEL_SET) -> Path:
     path.write_text(json.dumps(data, indent=1))
     return path

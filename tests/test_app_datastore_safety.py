@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
-import shutil
 import time
 import urllib.parse
 from pathlib import Path
@@ -21,7 +20,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from app_fixtures import HIPPOCAMPUS_CASES
+from app_fixtures import HIPPOCAMPUS_CASES, hippocampus_studies
 from server_process import MonaiLabelServer
 
 CASE = HIPPOCAMPUS_CASES[0]
@@ -41,9 +40,7 @@ def _snapshot(root: Path) -> Dict[str, Tuple[int, str]]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hippocampus_dir, tiny_text_encoder):
     root = tmp_path_factory.mktemp("datastore-safety")
-    studies = root / "studies"
-    studies.mkdir()
-    shutil.copy(hippocampus_dir / "imagesTr" / f"{CASE}.nii.gz", studies / f"{CASE}.nii.gz")
+    studies = hippocampus_studies(root, hippocampus_dir, [CASE])
     (root / "outside").mkdir()
     (root / "outside" / "sentinel.txt").write_text("must survive")
     (root / "outside" / "meta.info").write_text("{}")

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from app_fixtures import infer, parse_all, read_volume
+from app_fixtures import hippocampus_studies, infer, parse_all, read_volume
 from server_process import REPO_ROOT, MonaiLabelServer
 
 SHIPPED = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
@@ -36,10 +36,7 @@ def case(hippocampus_dir) -> str:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hippocampus_dir, case):
     root = tmp_path_factory.mktemp("hot-reload")
-    studies = root / "studies"
-    studies.mkdir()
-    shutil.copy(hippocampus_dir / "imagesTr" / f"{case}.nii.gz", studies / f"{case}.nii.gz")
-    (studies / f"{case}.nii.gz").chmod(0o644)
+    studies = hippocampus_studies(root, hippocampus_dir, [case])
     with MonaiLabelServer(studies, {**CONF, "model_dir": str(root / "model")}, root / "server.log") as srv:
         srv.root, srv.studies_dir, srv.model_dir = root, studies, root / "model"
         srv.published = root / "model" / "refsam3d_small.pt"
