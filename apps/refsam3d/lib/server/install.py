@@ -17,6 +17,8 @@ from lib.server.upload_limit import install_upload_limit
 
 logger = logging.getLogger(__name__)
 
+GIL_SWITCH_INTERVAL_S = 0.0005
+
 
 def running_fastapi_app() -> Optional[Any]:
     """MONAI Label's FastAPI application (``monailabel.app.app``) when the server is running it, else None."""
@@ -30,6 +32,9 @@ def install_server_limits(limits: ServerLimits) -> InferenceGate:
     fastapi_app = running_fastapi_app()
     if fastapi_app is None:
         return gate  # used as a library (tests, scripts): no HTTP routes to change
+    # inference threads hold the GIL between torch calls; a shorter switch interval than Python's 5 ms lets the
+    # event loop and the other endpoints' threads in sooner (benchmarks/bench_responsiveness.py)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     if not offload_infer_route(fastapi_app, gate):
         logger.warning("RefSAM3D: POST /infer/{model} not found; inference stays on the event loop")
     install_upload_limit(fastapi_app, limits.max_upload_bytes)
