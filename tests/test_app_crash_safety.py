@@ -1,7 +1,7 @@
 """A real server killed with SIGKILL in the middle of ``PUT /datastore/label`` loses nothing (real server, real kill).
 
 The write must be long enough to be hit deterministically: the server runs with ``REFSAM3D_TEST_WRITE_DELAY_S``
-(``lib/server/atomic.py``), which sleeps after each 1 MiB copied into the datastore (and each KiB of the index).
+(``lib/atomic_files.py``), which sleeps after each 1 MiB copied into the datastore (and each KiB of the index).
 It changes the timing only: the same temporary-file-then-rename code runs as in production.  The test waits until
 the temporary file of the write is on disk and partly written, then kills the process.
 """

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from lib.server.atomic import atomic_copy, atomic_write_text
+from lib.atomic_files import atomic_copy, atomic_write_text
 from lib.server.names import MAX_NAME_CHARS, UnsafeNameError, check_name
 
 

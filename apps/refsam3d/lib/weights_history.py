@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
+from lib.atomic_files import atomic_write_text
+
 DEFAULT_KEEP = 5
 
 
@@ -83,10 +85,7 @@ class WeightsHistory:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def _write(self, versions: List[Dict[str, Any]]) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=".versions.", suffix=".json", dir=str(self.folder))
-        with os.fdopen(fd, "w") as f:
-            json.dump({"published": self.published.name, "versions": versions}, f, indent=1)
-        os.replace(tmp, self.manifest)
+        atomic_write_text(self.manifest, json.dumps({"published": self.published.name, "versions": versions}, indent=1))
 
     def archive_current(self, reason: str) -> Optional[Dict[str, Any]]:
         """Keep the served file as a version (a hard link: the publish that follows renames a new file over it)."""

@@ -4,7 +4,7 @@
 
 * every client-given image id, label id and label tag passes ``check_name`` (the app's one allow-list) before it
   becomes part of a path; ids and tags the datastore already holds came from its own folder and are accepted;
-* images and labels saved through PUT, and ``datastore_v2.json``, are written atomically (``lib/server/atomic.py``).
+* images and labels saved through PUT, and ``datastore_v2.json``, are written atomically (``lib/atomic_files.py``).
 
 It swaps the instance's class for a subclass (``NameCheckedDatastore`` + the original class + ``AtomicLocalDatastore``)
 so that ``isinstance`` checks of MONAI Label and of the app (``LocalDatastore``, ``DICOMWebDatastore``) still hold.
@@ -18,7 +18,7 @@ import os
 import time
 from typing import Any, Dict, Optional
 
-from lib.server.atomic import atomic_copy, atomic_write_text
+from lib.atomic_files import atomic_copy, atomic_write_text
 from lib.server.names import check_name
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException
@@ -80,8 +80,7 @@ class AtomicLocalDatastore(LocalDatastore):
         process or of another, e.g. a scoring or training subprocess), reload it if its time stamp changed."""
         if os.path.realpath(getattr(event, "dest_path", "") or "") == os.path.realpath(self._datastore_config_path):
             self._init_from_datastore_file()
-        elif getattr(event, "dest_path", None):
-            self._on_any_event(event)  # an image or label renamed into place: as a created file
+        # images and labels renamed into place are this server's own saves, already in its index: nothing to do
 
 
 class NameCheckedDatastore:
