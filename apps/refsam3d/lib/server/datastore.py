@@ -4,7 +4,8 @@
 
 * every client-given image id, label id and label tag passes ``check_name`` (the app's one allow-list) before it
   becomes part of a path; ids and tags the datastore already holds came from its own folder and are accepted;
-* images and labels saved through PUT, and ``datastore_v2.json``, are written atomically (``lib/atomic_files.py``).
+* images and labels saved through PUT, and ``datastore_v2.json``, are written atomically (``lib/atomic_files.py``);
+* DELETE updates the index before it answers (MONAI Label left that to its file watcher, asynchronously).
 
 It swaps the instance's class for a subclass (``NameCheckedDatastore`` + the original class + ``AtomicLocalDatastore``)
 so that ``isinstance`` checks of MONAI Label and of the app (``LocalDatastore``, ``DICOMWebDatastore``) still hold.
@@ -22,6 +23,7 @@ from lib.atomic_files import atomic_copy, atomic_write_text
 from lib.server.names import check_name
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 from monailabel.interfaces.exception import ImageNotFoundException
+from monailabel.utils.others.generic import remove_file
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +62,34 @@ class AtomicLocalDatastore(LocalDatastore):
             obj.labels[label_tag] = DataModel(info=info, ext=label_ext)
             self._update_datastore_file(lock=False)
         return image_id
+
+    def remove_image(self, image_id: str) -> None:
+        """Delete the image and its labels and drop them from the index before answering (MONAI Label leaves the
+        index to its file watcher, so a listing right after a 200 DELETE still showed the image)."""
+        from filelock import FileLock
+
+        obj = self._datastore.objects.get(image_id)
+        if not obj:
+            raise ImageNotFoundException(f"Image {image_id} not found")
+        logger.info(f"Removing Image: {image_id}")
+        with FileLock(self._lock_file):
+            for tag, label in obj.labels.items():
+                remove_file(os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext)))
+            image_name = self._filename(image_id, obj.image.ext)
+            remove_file(os.path.realpath(os.path.join(self._datastore.image_path(), image_name)))
+            self._datastore.objects.pop(image_id, None)
+            self._update_datastore_file(lock=False)
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        """Delete one label file and drop it from the index before answering (see ``remove_image``)."""
+        from filelock import FileLock
+
+        logger.info(f"Removing label: {label_id} => {label_tag}")
+        with FileLock(self._lock_file):
+            remove_file(self.get_label_uri(label_id, label_tag))
+            obj = self._datastore.objects.get(label_id)
+            if obj is not None and obj.labels.pop(label_tag, None) is not None:
+                self._update_datastore_file(lock=False)
 
     def _update_datastore_file(self, lock=True):
         from filelock import FileLock
