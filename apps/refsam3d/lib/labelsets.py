@@ -8,7 +8,13 @@ file of the same shape can be passed with ``--conf label_set /path/to/set.json``
      "target_spacing": [1.0, 1.0, 1.0],
      "roi_size": {"small": [48, 48, 48], "vit_b": [128, 128, 128]},
      "ct_window": [-1000, 1000],                       # optional, CT only (HU mapped to [0, 1])
-     "labels": [{"name": "anterior hippocampus", "index": 1, "prompt": "..."}, ...]}
+     "prompt_templates": ["segment the {}", ...],     # optional: wrappers of names/synonyms in training
+     "labels": [{"name": "anterior hippocampus", "index": 1, "prompt": "...",
+                 "synonyms": ["hippocampal head", ...]}, ...]}   # optional: other phrasings of the label
+
+``synonyms`` are what training draws among (with the name and the prompt, see ``lib/training/prompts.py``)
+and what the server compares free text with; checkpoints store the phrasings they were trained with
+(:func:`trained_phrasings`).
 """
 
 from __future__ import annotations
@@ -23,6 +29,12 @@ LABELSET_DIR = Path(__file__).resolve().parent / "labelsets"
 MODALITIES = ("CT", "MR")
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 DEFAULT_ROI = {"small": (64, 64, 64), "vit_b": (128, 128, 128)}
+MAX_PHRASE_CHARS = 200
+# Wrappers of a name or synonym ("{}") drawn by training when a label set names none of its own.
+DEFAULT_TEMPLATES = ("{}", "the {}", "segment the {}", "segment {}", "where is the {}", "find the {}",
+                     "show the {}", "outline the {}", "mask of the {}", "{} segmentation", "label the {}")
+MODALITY_TEMPLATES = {"CT": ("{} on this CT", "{} in the CT scan", "CT of the {}"),
+                      "MR": ("{} on this MRI", "{} in the MR image", "MRI of the {}")}
 
 
 def available_label_sets() -> List[str]:
@@ -40,6 +52,7 @@ class LabelSet:
     roi_sizes: Dict[str, Tuple[int, int, int]] = field(default_factory=dict)
     ct_window: Tuple[float, float] = DEFAULT_CT_WINDOW
     path: str = ""
+    templates: Tuple[str, ...] = ()  # the set's own "prompt_templates"; empty = the defaults for its modality
 
     @property
     def labels(self) -> Dict[str, int]:
@@ -50,6 +63,23 @@ class LabelSet:
     def prompts(self) -> Dict[str, str]:
         """name -> text prompt."""
         return {e["name"]: e["prompt"] for e in sorted(self.entries, key=lambda e: int(e["index"]))}
+
+    @property
+    def synonyms(self) -> Dict[str, List[str]]:
+        """name -> synonyms (possibly empty), sorted by index."""
+        return {e["name"]: list(e.get("synonyms", [])) for e in sorted(self.entries, key=lambda e: int(e["index"]))}
+
+    @property
+    def prompt_templates(self) -> Tuple[str, ...]:
+        """Templates training wraps names and synonyms in (the set's own, else the defaults for its modality)."""
+        return self.templates or DEFAULT_TEMPLATES + MODALITY_TEMPLATES.get(self.modality, ())
+
+    def phrasings(self, name: str) -> List[str]:
+        """The label's prompt, name and synonyms (in that order, no duplicates)."""
+        for e in self.entries:
+            if e["name"].lower() == str(name).strip().lower():
+                return _unique([e["prompt"], e["name"], *e.get("synonyms", [])])
+        raise KeyError(f"label '{name}' is not in label set '{self.name}'")
 
     def name_of(self, index: int) -> str:
         for e in self.entries:
@@ -72,7 +102,9 @@ class LabelSet:
         return tuple(next(iter(self.roi_sizes.values()))) if self.roi_sizes else DEFAULT_ROI["small"]
 
     def to_json(self) -> Dict[str, Any]:
+        extra = {"prompt_templates": list(self.templates)} if self.templates else {}
         return {
+            **extra,
             "name": self.name,
             "description": self.description,
             "modality": self.modality,
@@ -133,7 +165,16 @@ def parse_label_set(data: Dict[str, Any], source: str = "<dict>") -> LabelSet:
             raise ValueError(f"label set {source}: duplicate label name or index ({lname!r}, {index})")
         names.add(lname.lower())
         indices.add(index)
-        entries.append({"name": lname, "index": index, "prompt": prompt})
+        entry = {"name": lname, "index": index, "prompt": prompt}
+        if "synonyms" in item:
+            entry["synonyms"] = _phrase_list(item["synonyms"], f"label '{lname}' synonyms", source)
+        entries.append(entry)
+    _check_phrasings_unique(entries, source)
+    templates = data.get("prompt_templates", [])
+    for t in _phrase_list(templates, "prompt_templates", source):
+        if t.count("{}") != 1:
+            raise ValueError(f"label set {source}: every prompt template needs exactly one '{{}}' "
+                             f"(where the name goes), got {t!r}")
     return LabelSet(
         name=name,
         description=str(data.get("description", "")),
@@ -143,7 +184,63 @@ def parse_label_set(data: Dict[str, Any], source: str = "<dict>") -> LabelSet:
         roi_sizes=roi,
         ct_window=(float(window[0]), float(window[1])),
         path=source,
+        templates=tuple(str(t).strip() for t in templates),
     )
+
+
+def _unique(items) -> List[str]:
+    seen, out = set(), []
+    for item in items:
+        if item.lower() not in seen:
+            seen.add(item.lower())
+            out.append(item)
+    return out
+
+
+def _phrase_list(value: Any, what: str, source: str) -> List[str]:
+    """A list of non-empty, distinct strings of at most MAX_PHRASE_CHARS characters, or ValueError."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"label set {source}: {what} must be a list of strings, got {value!r}")
+    out = [v.strip() for v in value]
+    for v in out:
+        if not v or len(v) > MAX_PHRASE_CHARS:
+            raise ValueError(f"label set {source}: {what}: every entry must have 1..{MAX_PHRASE_CHARS} "
+                             f"characters, got {v!r}")
+    if len({v.lower() for v in out}) != len(out):
+        raise ValueError(f"label set {source}: {what} lists the same phrase twice: {out!r}")
+    return out
+
+
+def _check_phrasings_unique(entries: List[Dict[str, Any]], source: str) -> None:
+    """A name, prompt or synonym may belong to one label only (else text could not say which one is meant)."""
+    owner: Dict[str, str] = {}
+    for e in entries:
+        for phrase in {p.lower() for p in [e["name"], e["prompt"], *e.get("synonyms", [])]}:
+            if owner.setdefault(phrase, e["name"]) != e["name"]:
+                raise ValueError(f"label set {source}: the phrase {phrase!r} is given for both "
+                                 f"'{owner[phrase]}' and '{e['name']}'")
+
+
+def trained_phrasings(checkpoint_meta: Dict[str, Any] | None, label_set: LabelSet) -> Dict[str, List[str]]:
+    """label name -> the phrasings the weights were trained with (prompt, name, synonyms).
+
+    ``checkpoint_meta``: a checkpoint's ``extra`` (or the whole checkpoint dict). Its ``trained_prompts``
+    is used for the labels it lists; labels it does not list (older checkpoints store none) fall back
+    to the label set's prompt, name and synonyms.
+    """
+    meta = dict(checkpoint_meta or {})
+    if isinstance(meta.get("extra"), dict) and "state_dict" in meta:
+        meta = meta["extra"]
+    stored = meta.get("trained_prompts")
+    stored = {str(k).lower(): v for k, v in stored.items()} if isinstance(stored, dict) else {}
+    out: Dict[str, List[str]] = {}
+    for name in label_set.labels:
+        known = stored.get(name.lower())
+        if isinstance(known, list) and known:
+            out[name] = _unique([str(p) for p in known])
+        else:
+            out[name] = label_set.phrasings(name)
+    return out
 
 
 def load_label_set(name_or_path: str | os.PathLike | None) -> LabelSet:
