@@ -60,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup", type=float, default=0.03, help="warm-up fraction of the run")
     t.add_argument("--grad-clip", type=float, default=1.0)
     t.add_argument("--max-prompts", type=int, default=0)
-    t.add_argument("--negative-prompts", default="", help="comma-separated prompts of structures never present")
-    t.add_argument("--negative-prompts-per-step", type=int, default=0)
+    t.add_argument("--negative-prompts", default="",
+                   help="comma-separated prompts of structures never present (default: the built-in vocabulary)")
+    t.add_argument("--negative-prompts-per-step", type=int, default=2, help="absent prompts per step (0 = none)")
+    t.add_argument("--no-prompt-variety", action="store_true",
+                   help="always ask by the canonical prompt (no synonyms or templates: the behaviour before issue 25)")
     t.add_argument("--flip-axes", default="0", help="mirroring axes (RAS; 0 = left-right), '' for none")
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--augmentation", default="paper", choices=AUGMENTATION_PROFILES,
@@ -96,6 +99,7 @@ def main(argv=None) -> int:
         "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
         "grad_clip": args.grad_clip, "max_prompts": args.max_prompts, "negative_prompts": args.negative_prompts,
         "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,
+        "prompt_variety": not args.no_prompt_variety,
         "augment": not args.no_augment, "augmentation": args.augmentation,
         "val_split": args.val_split, "val_interval": args.val_interval,
         "publish": args.publish, "amp": args.amp != "off", "amp_cpu": args.amp_cpu,

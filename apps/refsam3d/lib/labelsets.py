@@ -9,6 +9,7 @@ file of the same shape can be passed with ``--conf label_set /path/to/set.json``
      "roi_size": {"small": [48, 48, 48], "vit_b": [128, 128, 128]},
      "ct_window": [-1000, 1000],                       # optional, CT only (HU mapped to [0, 1])
      "prompt_templates": ["segment the {}", ...],     # optional: wrappers of names/synonyms in training
+     "overlapping_structures": ["temporal lobe", ...],  # optional: never drawn as absent prompts (lib/vocabulary.py)
      "labels": [{"name": "anterior hippocampus", "index": 1, "prompt": "...",
                  "synonyms": ["hippocampal head", ...]}, ...]}   # optional: other phrasings of the label
 
@@ -53,6 +54,7 @@ class LabelSet:
     ct_window: Tuple[float, float] = DEFAULT_CT_WINDOW
     path: str = ""
     templates: Tuple[str, ...] = ()  # the set's own "prompt_templates"; empty = the defaults for its modality
+    overlapping: Tuple[str, ...] = ()  # structures containing/overlapping its labels: never trained as absent
 
     @property
     def labels(self) -> Dict[str, int]:
@@ -103,6 +105,8 @@ class LabelSet:
 
     def to_json(self) -> Dict[str, Any]:
         extra = {"prompt_templates": list(self.templates)} if self.templates else {}
+        if self.overlapping:
+            extra["overlapping_structures"] = list(self.overlapping)
         return {
             **extra,
             "name": self.name,
@@ -185,6 +189,7 @@ def parse_label_set(data: Dict[str, Any], source: str = "<dict>") -> LabelSet:
         ct_window=(float(window[0]), float(window[1])),
         path=source,
         templates=tuple(str(t).strip() for t in templates),
+        overlapping=tuple(_phrase_list(data.get("overlapping_structures", []), "overlapping_structures", source)),
     )
 
 

@@ -13,7 +13,7 @@ import torch
 
 from .config import TrainConfig
 from .losses import PromptDiceCELoss
-from .prompts import LabelEntry, sample_prompts
+from .prompts import LabelEntry, phrasing_metadata, prompt_options, sample_prompts
 
 
 class SegmentationAdapter:
@@ -109,6 +109,7 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
         self.mirror_axes = tuple(mirror_axes)  # test-time flips averaged by predict_probs (none: one pass)
         self.loss_fn = PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
         self.rng = random.Random(seed)
+        self.prompt_options = prompt_options(self.entries, cfg)  # phrasings, negatives (lib/training/prompts.py)
         self.to(resolve_device(device))
 
     def parameters_to_optimise(self) -> list[torch.nn.Parameter]:
@@ -119,11 +120,7 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
         return [p for p in params if p.requires_grad]
 
     def training_loss(self, image, label):
-        prompts, target, names = sample_prompts(
-            label, self.entries, max_prompts=self.cfg.max_prompts, min_absent=self.cfg.min_absent,
-            negative_prompts=self.cfg.negative_prompts, negative_prompts_per_step=self.cfg.negative_prompts_per_step,
-            rng=self.rng,
-        )
+        prompts, target, names = sample_prompts(label, self.entries, rng=self.rng, **self.prompt_options)
         logits = self.model(image, prompts)
         loss = self.loss_fn(logits, target.to(logits.device))
         return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum())}
@@ -140,7 +137,7 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
     def save(self, path, extra=None):
         from lib.model import save_checkpoint
 
-        save_checkpoint(self.model, str(path), extra=extra)
+        save_checkpoint(self.model, str(path), extra={**(extra or {}), **phrasing_metadata(self.entries, self.cfg)})
 
     def describe(self) -> dict:
         d: dict[str, Any] = {"model": "RefSAM3D", "roi_size": list(self.roi_size)}

@@ -103,8 +103,11 @@ class TrainConfig:
     ce_weight: float = 1.0
     max_prompts: int = 0  # prompts per step; 0 = every label of the set (present + absent)
     min_absent: int = 1  # at least this many absent labels per step when the set has any
-    negative_prompts: list[str] = field(default_factory=list)  # extra prompts never present (empty targets)
-    negative_prompts_per_step: int = 0
+    negative_prompts: list[str] = field(default_factory=list)  # prompts never present (empty targets); [] = vocabulary
+    negative_prompts_per_step: int = 2  # absent prompts added to every step (0 = none, the behaviour before issue 25)
+    negative_vocabulary: bool = True  # no negative_prompts given: draw them from lib/vocabulary.py
+    prompt_variety: bool = True  # ask by name/synonym in templates too (false: always the canonical prompt)
+    canonical_prompt_fraction: float = 0.3  # with prompt_variety: share of draws that use the canonical prompt
     labels: list[str] | None = None  # subset of label names to train (None = all)
     augment: bool = True
     augmentation: str = "paper"  # paper | nnunet (nnU-Net v2's default) | flip (mirroring only), see training/data.py
@@ -152,6 +155,8 @@ class TrainConfig:
             raise ValueError("learning_rate must be > 0")
         if self.publish not in ("best", "last"):
             raise ValueError("publish must be 'best' or 'last'")
+        if not 0.0 <= self.canonical_prompt_fraction <= 1.0 or self.negative_prompts_per_step < 0:
+            raise ValueError("canonical_prompt_fraction must be in [0, 1] and negative_prompts_per_step >= 0")
         if self.augmentation not in AUGMENTATION_PROFILES:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATION_PROFILES)}, "
                              f"got {self.augmentation!r}")

@@ -4,30 +4,115 @@ A multi-label map (one integer per voxel, indices of a label set) becomes, for o
 K text prompts and a ``[B, K, *spatial]`` binary target: one channel per prompt, the voxels of that
 structure, or all zeros when the structure is absent from the crop ("it is not here").
 The same prompts are used for every crop in the batch (the model takes one prompt list per forward).
+
+With ``variety`` (the default of :class:`TrainConfig`, ``prompt_variety``) each label is asked for by one
+phrasing drawn per step: its canonical prompt (a ``canonical_fraction`` of the time) or its name or a
+synonym wrapped in a template ("segment the {}", "{} on this MRI", ...); negative prompts (structures
+of the built-in vocabulary that are none of the set's labels, ``lib/vocabulary.py``) get empty targets.
 """
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
+
+DEFAULT_CANONICAL_FRACTION = 0.3
 
 
 @dataclass(frozen=True)
 class LabelEntry:
+    """One label to train: its index in the label map, canonical prompt, other phrasings.
+
+    ``templates`` (the label set's, shared by its entries) wrap the name and synonyms; ``avoid`` lists
+    the set's overlapping structures, never drawn as absent prompts.
+    """
+
     name: str
     index: int
     prompt: str
+    synonyms: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
 
 
 def entries_from_label_set(label_set, names: Sequence[str] | None = None) -> list[LabelEntry]:
-    """Label entries (name, map index, prompt) of a ``lib.labelsets.LabelSet``; ``names`` selects a subset."""
+    """Label entries (name, map index, prompt, synonyms, templates) of a ``lib.labelsets.LabelSet``;
+    ``names`` selects a subset."""
     labels = {n: int(i) for n, i in dict(label_set.labels).items() if n.lower() != "background" and int(i) != 0}
     prompts = dict(getattr(label_set, "prompts", {}) or {})
-    entries = [LabelEntry(n, i, prompts.get(n) or n) for n, i in sorted(labels.items(), key=lambda kv: kv[1])]
+    synonyms = dict(getattr(label_set, "synonyms", {}) or {})
+    templates = tuple(getattr(label_set, "prompt_templates", ()) or ())
+    avoid = tuple(getattr(label_set, "overlapping", ()) or ())
+    entries = [LabelEntry(n, i, prompts.get(n) or n, tuple(synonyms.get(n, ())), templates, avoid)
+               for n, i in sorted(labels.items(), key=lambda kv: kv[1])]
     return select_entries(entries, names)
+
+
+def apply_template(template: str, phrase: str) -> str:
+    """``"segment the {}"`` + ``"the spleen"`` -> ``"segment the spleen"`` (no doubled article)."""
+    text = template.replace("{}", phrase)
+    return " ".join(text.replace("the the ", "the ").split())
+
+
+def expand_phrasings(entry: LabelEntry) -> list[str]:
+    """Every text :func:`sample_prompts` can ask for this label with (``variety`` on)."""
+    out = [entry.prompt]
+    for phrase in (entry.name, *entry.synonyms):
+        out.extend(apply_template(t, phrase) for t in (entry.templates or ("{}",)))
+    return list(dict.fromkeys(out))
+
+
+def draw_phrasing(entry: LabelEntry, rng: random.Random, canonical_fraction: float) -> str:
+    """The canonical prompt (``canonical_fraction`` of draws), else the name or a synonym in a random template."""
+    if rng.random() < canonical_fraction:
+        return entry.prompt
+    phrase = rng.choice((entry.name, *entry.synonyms))
+    return apply_template(rng.choice(entry.templates or ("{}",)), phrase)
+
+
+@functools.lru_cache(maxsize=16)
+def _vocabulary_pool(entries: tuple[LabelEntry, ...]) -> tuple[str, ...]:
+    from lib.vocabulary import absent_phrases, humanise
+
+    own = {p for e in entries for p in (e.name, e.prompt, *e.synonyms)}
+    avoid = {a for e in entries for a in e.avoid}
+    return tuple(absent_phrases([humanise(e.name) for e in entries], own, avoid))
+
+
+def negative_pool(entries: Sequence[LabelEntry], cfg: Any) -> list[str]:
+    """Absent prompts of a run: ``cfg.negative_prompts`` if given, else (``cfg.negative_vocabulary``) the
+    built-in vocabulary minus the phrasings of ``entries`` (``lib.vocabulary.absent_phrases``)."""
+    if getattr(cfg, "negative_prompts", None):
+        return list(cfg.negative_prompts)
+    if getattr(cfg, "negative_vocabulary", False) and getattr(cfg, "negative_prompts_per_step", 0) > 0:
+        return list(_vocabulary_pool(tuple(entries)))
+    return []
+
+
+def prompt_options(entries: Sequence[LabelEntry], cfg: Any) -> dict:
+    """The keyword arguments of :func:`sample_prompts` that a :class:`TrainConfig` sets."""
+    return {"max_prompts": cfg.max_prompts, "min_absent": cfg.min_absent,
+            "negative_prompts": negative_pool(entries, cfg),
+            "negative_prompts_per_step": cfg.negative_prompts_per_step,
+            "variety": bool(getattr(cfg, "prompt_variety", False)),
+            "canonical_fraction": float(getattr(cfg, "canonical_prompt_fraction", DEFAULT_CANONICAL_FRACTION))}
+
+
+def phrasing_metadata(entries: Sequence[LabelEntry], cfg: Any) -> dict:
+    """What a checkpoint stores about the text it was trained with (read back by ``lib.labelsets.trained_phrasings``)."""
+    variety = bool(getattr(cfg, "prompt_variety", False))
+    negatives = negative_pool(entries, cfg) if getattr(cfg, "negative_prompts_per_step", 0) > 0 else []
+    templates = list(dict.fromkeys(t for e in entries for t in e.templates)) if variety else []
+    return {
+        "trained_prompts": {e.name: list(dict.fromkeys([e.prompt, *((e.name, *e.synonyms) if variety else ())]))
+                            for e in entries},
+        "prompt_templates": templates,
+        "negative_vocabulary_size": len(negatives),
+    }
 
 
 def entries_from_dict(labels: dict, prompts: dict | None = None) -> list[LabelEntry]:
@@ -67,6 +152,8 @@ def sample_prompts(
     negative_prompts_per_step: int = 0,
     rng: random.Random | None = None,
     shuffle: bool = True,
+    variety: bool = False,
+    canonical_fraction: float = DEFAULT_CANONICAL_FRACTION,
 ) -> tuple[list[str], torch.Tensor, list[str]]:
     """Choose the prompts of one step and build their binary targets.
 
@@ -78,6 +165,8 @@ def sample_prompts(
             step teaches both "segment this" and "it is not here".
         negative_prompts: extra prompts for structures that never occur in this data (targets all zero).
         negative_prompts_per_step: how many of those to add to each step.
+        variety: ask for each label by a phrasing drawn with :func:`draw_phrasing` (else its canonical
+            prompt) and wrap negative prompts in the same templates.
 
     Returns:
         ``(prompts, target [B, K, *spatial] float32, names)``; ``names[k]`` is the label name of
@@ -108,14 +197,15 @@ def sample_prompts(
 
     label_long = label_map.long()
     targets = [(label_long == e.index) for e in chosen]
-    prompts = [e.prompt for e in chosen]
+    prompts = [draw_phrasing(e, rng, canonical_fraction) if variety else e.prompt for e in chosen]
     names = [e.name for e in chosen]
 
     if negative_prompts and negative_prompts_per_step > 0:
-        own = {e.prompt.lower() for e in entries} | {e.name.lower() for e in entries}
+        own = {p.lower() for e in entries for p in (e.prompt, e.name, *e.synonyms)}
         pool = [p for p in negative_prompts if p.lower() not in own]
+        templates = next((e.templates for e in entries if e.templates), ("{}",))
         for p in rng.sample(pool, min(len(pool), negative_prompts_per_step)):
-            prompts.append(p)
+            prompts.append(apply_template(rng.choice(templates), p) if variety else p)
             names.append(p)
             targets.append(torch.zeros_like(label_long, dtype=torch.bool))
 
