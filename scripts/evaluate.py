@@ -47,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only the largest connected piece of each label's mask (nnU-Net's post-processing)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD boundary tolerance in mm")
     p.add_argument("--no-cross-prompts", action="store_true", help="skip the swapped-prompt (routing) Dice")
+    p.add_argument("--prompts", default=None,
+                   help="JSON {'labels': {label: [phrasings]}, 'absent': [structures]}: Dice per phrasing and the "
+                        "share of absent structures answered empty (lib/evaluation_prompts.py), instead of the "
+                        "metrics above; e.g. benchmarks/prompts/msd_hippocampus_heldout.json")
     p.add_argument("--out", default="results/evaluation")
     add_runtime_arguments(p)
     return p
@@ -105,6 +109,8 @@ def main(argv=None) -> int:
         datalist = apply_split(datalist, args.split_file)[args.part]
     if args.max_cases:
         datalist = datalist[: args.max_cases]
+    if args.prompts:
+        return evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset)
     result = evaluate(
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
@@ -124,6 +130,28 @@ def main(argv=None) -> int:
         summary["swapped_prompt_dice_mean"] = result["routing"]["swapped_dice_mean"]
     summary["files"] = paths
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset) -> int:
+    """``--prompts``: every phrasing and absent structure of the file on every case (lib/evaluation_prompts.py)."""
+    from lib.evaluation_prompts import evaluate_prompts, load_prompt_file, write_prompt_reports
+    from lib.training.runner import checkpoint_info
+
+    prompt_file = load_prompt_file(args.prompts, label_set)
+    result = evaluate_prompts(seg, datalist, label_set, prompt_file, checkpoint_info(checkpoints[0])["extra"],
+                              progress=not args.no_progress,
+                              info={"checkpoint": checkpoints, "label_set": label_set.name, "preset": preset,
+                                    "mirror_axes": list(getattr(seg, "mirror_axes", ())),
+                                    "data": str(Path(args.data).resolve()), "split_file": args.split_file,
+                                    "part": args.part})
+    paths = write_prompt_reports(result, args.out, title=f"RefSAM3D {preset}: phrasings of {Path(args.prompts).name} "
+                                                          f"on {result['num_cases']} cases")
+    print(json.dumps({k: result[k] for k in ("exact_prompt_dice", "exact_name_dice", "paraphrases", "targets")}
+                     | {"absent_empty_share": result["absent"]["empty_share"],
+                        "absent_empty_share_in_vocabulary": result["absent"]["empty_share_in_vocabulary"],
+                        "absent_empty_share_not_in_vocabulary": result["absent"]["empty_share_not_in_vocabulary"],
+                        "files": paths}, indent=1))
     return 0
 
 
