@@ -121,7 +121,8 @@ def _score_case(item: dict, rows: list[dict], names: list[str], gt: torch.Tensor
     exact = case_metrics(canonical, gt, metrics=("dice",))["dice"]
     labelled = [i for i, r in enumerate(rows) if r["label"] is not None]
     gt_of = torch.stack([gt[names.index(rows[i]["label"])] for i in labelled]) if labelled else None
-    dice = case_metrics(alone[torch.as_tensor(labelled, dtype=torch.long)], gt_of, metrics=("dice",))["dice"] if labelled else []
+    picked = alone[torch.as_tensor(labelled, dtype=torch.long)]
+    dice = case_metrics(picked, gt_of, metrics=("dice",))["dice"] if labelled else []
     volumes = alone.flatten(1).sum(1).tolist()
     answers = []
     for i, r in enumerate(rows):

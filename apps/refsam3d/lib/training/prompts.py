@@ -103,7 +103,7 @@ def prompt_options(entries: Sequence[LabelEntry], cfg: Any) -> dict:
 
 
 def phrasing_metadata(entries: Sequence[LabelEntry], cfg: Any) -> dict:
-    """What a checkpoint stores about the text it was trained with (read back by ``lib.labelsets.trained_phrasings``)."""
+    """What a checkpoint stores about its training text (read back by ``lib.labelsets.trained_phrasings``)."""
     variety = bool(getattr(cfg, "prompt_variety", False))
     negatives = negative_pool(entries, cfg) if getattr(cfg, "negative_prompts_per_step", 0) > 0 else []
     templates = list(dict.fromkeys(t for e in entries for t in e.templates)) if variety else []
