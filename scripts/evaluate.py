@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {'labels': {label: [phrasings]}, 'absent': [structures]}: Dice per phrasing and the "
                         "share of absent structures answered empty (lib/evaluation_prompts.py), instead of the "
                         "metrics above; e.g. benchmarks/prompts/msd_hippocampus_heldout.json")
+    p.add_argument("--clicks", type=int, default=0,
+                   help="interactive protocol (lib/evaluation_clicks.py): the text answer, then up to N simulated "
+                        "clicks; Dice after each click, NoC@85/90, clicks.json/.csv/.png in --out")
+    p.add_argument("--no-text", action="store_true", help="with --clicks: clicks alone (the first at the target's centre)")
     p.add_argument("--out", default="results/evaluation")
     add_runtime_arguments(p)
     return p
@@ -111,6 +115,8 @@ def main(argv=None) -> int:
         datalist = datalist[: args.max_cases]
     if args.prompts:
         return evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset)
+    if args.clicks or args.no_text:
+        return run_click_protocol(args, members, label_set, datalist, checkpoints)
     result = evaluate(
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
@@ -152,6 +158,29 @@ def evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset) ->
                         "absent_empty_share_in_vocabulary": result["absent"]["empty_share_in_vocabulary"],
                         "absent_empty_share_not_in_vocabulary": result["absent"]["empty_share_not_in_vocabulary"],
                         "files": paths}, indent=1))
+    return 0
+
+
+def run_click_protocol(args, members, label_set, datalist, checkpoints) -> int:
+    """``--clicks N [--no-text]``: the simulated-annotator protocol of lib/evaluation_clicks.py."""
+    from lib.evaluation_clicks import evaluate_clicks, write_click_reports
+
+    if args.clicks < 1:
+        raise SystemExit("--no-text needs --clicks N (N >= 1)")
+    if len(members) > 1 or args.mirror_axes or args.largest_component:
+        raise SystemExit("--clicks evaluates one checkpoint, without --mirror-axes / --largest-component")
+    seg, _, preset, roi = members[0]
+    result = evaluate_clicks(seg.model, seg.entries, datalist, label_set.modality, label_set.target_spacing,
+                             args.clicks, use_text=not args.no_text, roi_size=roi, threshold=args.threshold,
+                             ct_window=label_set.ct_window if label_set.modality == "CT" else None,
+                             progress=not args.no_progress,
+                             info={"checkpoint": checkpoints[0], "label_set": label_set.name, "preset": preset,
+                                   "roi_size": list(roi), "data": str(Path(args.data).resolve()),
+                                   "split_file": args.split_file, "part": args.part})
+    mode = "clicks alone" if args.no_text else "text + clicks"
+    paths = write_click_reports(result, args.out, title=f"RefSAM3D {preset}, {mode} ({result['num_cases']} cases)")
+    print(json.dumps({"clicks": result["clicks"], "mean": result["mean"], "per_label": result["per_label"],
+                      "files": paths}, indent=1))
     return 0
 
 

@@ -75,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--amp", default="auto", choices=["auto", "on", "off"], help="mixed precision on CUDA")
     t.add_argument("--amp-cpu", action="store_true",
                    help="bf16 autocast on the CPU (fast with AMX / AVX512-BF16: 1.9x the steps per hour on an AMX Xeon)")
+    t.add_argument("--no-clicks", action="store_true",
+                   help="train on text prompts only (default: simulated clicks too, see docs/training.md)")
+    t.add_argument("--click-mix", default=None,
+                   help="fractions text only, text + clicks, clicks only per (crop, prompt), e.g. 0.4,0.4,0.2")
+    t.add_argument("--click-rounds", type=int, default=None, help="most click rounds per step (default 3)")
     t.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(t)
     t.add_argument("--config", default=None, help="JSON file of TrainConfig options (overrides the flags)")
@@ -107,6 +112,14 @@ def main(argv=None) -> int:
         "seed": args.seed, "labels": args.labels,
         "log_interval_s": 60.0 if not args.no_progress else 10.0,
     }
+    values["clicks"] = not args.no_clicks
+    if args.click_mix:
+        mix = [float(v) for v in args.click_mix.split(",")]
+        if len(mix) != 3:
+            raise SystemExit("--click-mix needs three fractions: text only, text + clicks, clicks only")
+        values.update(zip(("click_text_only", "click_text_and_clicks", "click_only"), mix))
+    if args.click_rounds:
+        values["click_max_rounds"] = args.click_rounds
     if args.config:
         values.update(json.loads(Path(args.config).read_text()))
     cfg = TrainConfig.from_mapping(values)

@@ -131,10 +131,16 @@ def test_gradients_reach_every_trainable_and_no_frozen_parameter(sam_vit_b_check
     m = build_refsam3d("vit_b", sam_checkpoint=sam_vit_b_checkpoint, text_encoder=shared_tiny_text, window_size=2)
     _perturb_zero_init(m)
     m.train()
-    y = m(torch.rand(1, 1, 48, 64, 32), PROMPTS[:2])  # 3x4x2 tokens: windowed + shifted blocks run
+    # 3x4x2 tokens: windowed + shifted blocks run; a text prompt and a clicks-only one (positive, negative and
+    # padding clicks) with a previous mask, so that every part of the click prompt encoder is used
+    points = torch.tensor([[5.0, 9.0, 3.0], [30.0, 40.0, 20.0], [0.0, 0.0, 0.0]]).expand(1, 2, 3, 3)
+    y = m(torch.rand(1, 1, 48, 64, 32), [PROMPTS[0], None], points=points, point_labels=torch.tensor([1, 0, -1]).expand(1, 2, 3),
+          previous_mask=torch.randn(1, 2, 48, 64, 32))
     (y.sigmoid() * torch.linspace(0, 1, y.numel()).view_as(y)).sum().backward()
     names = {p: n for n, p in m.named_parameters()}
     no_grad = [names[p] for p in m.trainable_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # padding clicks are masked out of attention by design: their embedding (SAM's name) never reaches the output
+    no_grad = [n for n in no_grad if n != "prompt_encoder.not_a_point_embed.weight"]
     assert not no_grad, f"trainable parameters without gradient: {no_grad[:10]}"
     frozen_with_grad = [n for n, p in m.named_parameters() if not p.requires_grad and p.grad is not None]
     assert not frozen_with_grad

@@ -87,6 +87,7 @@ class RefSAM3DTrain(BasicTrainTask):
             "augmentation": [self.base_cfg.augmentation] + [a for a in AUGMENTATION_PROFILES
                                                             if a != self.base_cfg.augmentation],
             "publish_unvalidated": self.base_cfg.publish_unvalidated,
+            "clicks": self.base_cfg.clicks,  # simulated clicks (text / text + clicks / clicks only)
             "multi_gpu": False,
             "gpus": "all",
         }

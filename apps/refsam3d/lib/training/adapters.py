@@ -121,9 +121,15 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
 
     def training_loss(self, image, label):
         prompts, target, names = sample_prompts(label, self.entries, rng=self.rng, **self.prompt_options)
-        logits = self.model(image, prompts)
+        info: dict = {}
+        if self.cfg.clicks:  # simulated clicks: text only / text + clicks / clicks only per (crop, prompt)
+            from .clicks import click_training_logits
+
+            logits, info = click_training_logits(self.model, image, prompts, target.to(image.device), self.cfg, self.rng)
+        else:
+            logits = self.model(image, prompts)
         loss = self.loss_fn(logits, target.to(logits.device))
-        return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum())}
+        return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum()), **info}
 
     def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         from lib.inference import mirror_averaged, sliding_window_segment

@@ -128,6 +128,12 @@ class TrainConfig:
     validate_start: bool = True  # when fine-tuning a published model: its validation Dice is the bar to beat
     publish_unvalidated: bool = True  # with no validation study: publish anyway (said in the log and the stats)
     keep_versions: int = 5  # earlier published weights kept in model/versions/ (lib/weights_history.py)
+    # simulated clicks (training/clicks.py): per (crop, prompt) a mode drawn with these weights, 1..rounds clicks
+    clicks: bool = True
+    click_text_only: float = 0.4
+    click_text_and_clicks: float = 0.4
+    click_only: float = 0.2  # no text: "segment what I clicked" (pairs with an empty target fall back to the others)
+    click_max_rounds: int = 3
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], base: "TrainConfig | None" = None) -> "TrainConfig":
@@ -157,6 +163,8 @@ class TrainConfig:
             raise ValueError("publish must be 'best' or 'last'")
         if not 0.0 <= self.canonical_prompt_fraction <= 1.0 or self.negative_prompts_per_step < 0:
             raise ValueError("canonical_prompt_fraction must be in [0, 1] and negative_prompts_per_step >= 0")
+        if min(self.click_text_only, self.click_text_and_clicks, self.click_only) < 0 or self.click_max_rounds < 1:
+            raise ValueError("click fractions must be >= 0 and click_max_rounds >= 1")
         if self.augmentation not in AUGMENTATION_PROFILES:
             raise ValueError(f"augmentation must be one of {', '.join(AUGMENTATION_PROFILES)}, "
                              f"got {self.augmentation!r}")
