@@ -199,3 +199,20 @@ def test_evaluate_prompts_on_two_real_cases(tmp_path, hippocampus_dir):
     assert sum(a["in_training_vocabulary"] for a in absent["per_prompt"]) >= 5
     rows = (out / "prompts.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * (2 + 2 + 20 + len(held["absent"]))
+
+
+def test_flagged_absent_prompts_count_as_answered():
+    from lib.evaluation_prompts import PromptFile, _plan, summarise_prompts
+
+    label_set, _ = _hippocampus()
+    rows = _plan(list(label_set.labels), PromptFile({}, ["liver", "optic chiasm"]))
+    answers = [{"kind": r["kind"], "label": r["label"], "text": r["text"], "dice": 0.9 if r["label"] else None,
+                "predicted_ml": 0.0 if r["text"] == "liver" else 1.5, "empty": r["text"] == "liver",
+                "flagged": r["text"] == "optic chiasm" if r["kind"] == "absent" else None} for r in rows]
+    cases = [{"id": "c", "exact_prompt_dice": {n: 0.9 for n in label_set.labels}, "ground_truth_ml": 3.0,
+              "answers": answers}]
+    summary = summarise_prompts(cases, rows, list(label_set.labels), label_set, {}, [])
+    assert summary["absent"]["empty_share"] == 0.5 and summary["absent"]["empty_or_flagged_share"] == 1.0
+    assert summary["absent"]["empty_share_in_vocabulary"] == 1.0  # liver: in the vocabulary, answered empty
+    assert summary["absent"]["empty_share_not_in_vocabulary"] == 0.0  # optic chiasm: not in it, a 1.5 ml mask
+    assert summary["targets"]["absent_empty_or_flagged_share>=0.95"] is True

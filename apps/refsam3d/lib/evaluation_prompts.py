@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -78,8 +78,13 @@ def _plan(names: Sequence[str], prompt_file: PromptFile) -> list[dict]:
 
 
 def evaluate_prompts(segmenter, datalist: Sequence[dict], label_set, prompt_file: PromptFile,
-                     checkpoint_meta: dict | None = None, progress: bool = False, info: dict | None = None) -> dict:
-    """Run every text of ``prompt_file`` on every case (one inference per case, all prompts together)."""
+                     checkpoint_meta: dict | None = None, progress: bool = False, info: dict | None = None,
+                     flagged: Callable[[str], bool] | None = None) -> dict:
+    """Run every text of ``prompt_file`` on every case (one inference per case, all prompts together).
+
+    ``flagged(text)``: whether the server would warn about ``text`` (e.g. its prompt similarity below the
+    server's minimum); absent structures then also count as answered when flagged ("empty or flagged").
+    """
     from lib.labelsets import trained_phrasings
     from lib.training.data import val_transforms
     from lib.training.prompts import label_map_to_binary
@@ -110,6 +115,10 @@ def evaluate_prompts(segmenter, datalist: Sequence[dict], label_set, prompt_file
         cases.append(_score_case(item, rows, names, gt, canonical, alone, voxel_ml))
     trained = trained_phrasings(checkpoint_meta, label_set)
     templates = list((checkpoint_meta or {}).get("prompt_templates") or [])
+    flags = {r["text"]: bool(flagged(r["text"])) for r in rows} if flagged else {}
+    for case in cases:
+        for answer in case["answers"]:
+            answer["flagged"] = flags.get(answer["text"])
     result = {"info": dict(info or {}), "prompt_file": prompt_file.path, "labels": names,
               "num_cases": len(cases), "seconds": round(time.time() - t0, 2), "threshold": segmenter.threshold,
               **summarise_prompts(cases, rows, names, label_set, trained, templates), "cases": cases}
@@ -164,6 +173,8 @@ def summarise_prompts(cases: list[dict], rows: list[dict], names: list[str], lab
     para_mean = float(np.mean([p["dice_mean"] for p in para])) if para else None
     para_min = float(min(p["dice_mean"] for p in para)) if para else None
     empty_all = _share(cases, None)
+    answered = [a["empty"] or bool(a.get("flagged")) for c in cases for a in c["answers"] if a["kind"] == "absent"]
+    answered_share = float(np.mean(answered)) if answered else None
     return {
         "exact_prompt_dice": {**exact, "mean": float(np.mean(list(exact.values()))) if exact else None},
         "exact_name_dice": {p["label"]: p["dice_mean"] for p in phrasings if p["kind"] == "name"},
@@ -172,13 +183,14 @@ def summarise_prompts(cases: list[dict], rows: list[dict], names: list[str], lab
                         "below_0.7": [p["text"] for p in para if p["dice_mean"] < 0.7],
                         "seen_in_training": [p["text"] for p in para if p["seen_in_training"]]},
         "phrasings": phrasings,
-        "absent": {"empty_share": empty_all, "empty_share_in_vocabulary": _share(cases, vocab, True),
+        "absent": {"empty_share": empty_all, "empty_or_flagged_share": answered_share,
+                   "empty_share_in_vocabulary": _share(cases, vocab, True),
                    "empty_share_not_in_vocabulary": _share(cases, vocab, False),
                    "predicted_ml_mean": _mean([a["predicted_ml_mean"] for a in absent]),
                    "ground_truth_ml_mean": gt_ml, "per_prompt": absent},
         "targets": {"paraphrase_mean_dice>=0.85": _at_least(para_mean, TARGETS["paraphrase_mean_dice"]),
                     "every_paraphrase_dice>=0.7": _at_least(para_min, TARGETS["paraphrase_min_dice"]),
-                    "absent_empty_share>=0.95": _at_least(empty_all, TARGETS["absent_empty_share"])},
+                    "absent_empty_or_flagged_share>=0.95": _at_least(answered_share, TARGETS["absent_empty_share"])},
     }
 
 
@@ -207,13 +219,14 @@ def write_prompt_reports(result: dict, out_dir: str | os.PathLike, stem: str = "
     paths["json"].write_text(json.dumps(result, indent=1))
     with open(paths["csv"], "w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["case", "kind", "label", "text", "dice", "predicted_ml", "empty"])
+        w.writerow(["case", "kind", "label", "text", "dice", "predicted_ml", "empty", "flagged"])
         for c in result["cases"]:
             for n, d in c["exact_prompt_dice"].items():
                 w.writerow([c["id"], "exact_prompt", n, n, f"{d:.4f}", "", ""])
             for a in c["answers"]:
                 w.writerow([c["id"], a["kind"], a["label"] or "", a["text"],
-                            "" if a["dice"] is None else f"{a['dice']:.4f}", a["predicted_ml"], int(a["empty"])])
+                            "" if a["dice"] is None else f"{a['dice']:.4f}", a["predicted_ml"], int(a["empty"]),
+                            "" if a.get("flagged") is None else int(a["flagged"])])
     plot_prompts(result, paths["png"], title)
     return {k: str(v) for k, v in paths.items()}
 

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 DEFAULT_CANONICAL_FRACTION = 0.3
+NAME_FRACTION = 0.25  # of the non-canonical draws: the label's name, else one of its synonyms
+BARE_FRACTION = 0.5  # of those: the phrase alone, else wrapped in a template
 
 
 @dataclass(frozen=True)
@@ -62,15 +64,18 @@ def expand_phrasings(entry: LabelEntry) -> list[str]:
     """Every text :func:`sample_prompts` can ask for this label with (``variety`` on)."""
     out = [entry.prompt]
     for phrase in (entry.name, *entry.synonyms):
-        out.extend(apply_template(t, phrase) for t in (entry.templates or ("{}",)))
+        out.extend(apply_template(t, phrase) for t in ("{}", *entry.templates))
     return list(dict.fromkeys(out))
 
 
 def draw_phrasing(entry: LabelEntry, rng: random.Random, canonical_fraction: float) -> str:
-    """The canonical prompt (``canonical_fraction`` of draws), else the name or a synonym in a random template."""
+    """The canonical prompt (``canonical_fraction`` of draws), else the name (a quarter of the rest: what users
+    type most) or a synonym, as typed (half of the time) or in a random template."""
     if rng.random() < canonical_fraction:
         return entry.prompt
-    phrase = rng.choice((entry.name, *entry.synonyms))
+    phrase = entry.name if not entry.synonyms or rng.random() < NAME_FRACTION else rng.choice(entry.synonyms)
+    if rng.random() < BARE_FRACTION:
+        return phrase
     return apply_template(rng.choice(entry.templates or ("{}",)), phrase)
 
 
