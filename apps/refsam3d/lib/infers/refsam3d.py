@@ -15,6 +15,7 @@ than ``max_prompt_chars``, is rejected with 422.
 
 The response's ``label_names`` is exactly ``{name: value written in the mask}`` (MONAI Label's
 ``BasicInferTask.__call__`` overwrites it with the whole label set; ``__call__`` here restores it).
+Per prompt it also says how sure it is: ``found``, ``confidence``, ``prompt_similarity`` (``lib/infers/prompt_report.py``).
 """
 
 from __future__ import annotations
