@@ -87,3 +87,36 @@ def test_a_matcher_needs_phrasings(encoder):
 
     with pytest.raises(ValueError):
         PromptMatcher({}, encoder_embed(encoder))
+
+
+def test_confidence_is_the_mean_probability_inside_each_mask(tiny_text_encoder):
+    import torch
+    from lib.inference import segment_prompts, sliding_window_segment
+    from lib.model import build_refsam3d
+
+    torch.manual_seed(0)
+    model = build_refsam3d("small", text_encoder=str(tiny_text_encoder)).eval()
+    image = torch.rand(1, 1, 36, 32, 20)
+    prompts, store = ["liver", "spleen", "aorta"], {}
+    probs = sliding_window_segment(model, image, prompts, (32, 32, 32), 0.25, encodings=store)[0]
+    confidences: dict = {}
+    threshold = float(probs.max(dim=0).values.median())  # about half the voxels labelled, whatever the random weights
+    labels, counts = segment_prompts(model, image, prompts, (32, 32, 32), 0.25, encodings=store, threshold=threshold,
+                                     confidences=confidences)
+    assert set(confidences) == {1, 2, 3} and any(counts.values())
+    for k in (1, 2, 3):
+        inside = labels == k
+        if counts[k]:
+            expected = float(probs[k - 1][inside].double().mean())
+            assert confidences[k] == pytest.approx(expected, abs=1e-5) and confidences[k] >= threshold
+        else:
+            assert confidences[k] is None
+
+
+@pytest.mark.parametrize("key,value", [("min_prompt_similarity", "high"), ("min_prompt_similarity", "1.5"),
+                                       ("strict_prompts", "maybe")])
+def test_bad_prompt_check_conf_is_refused_with_its_name(tmp_path, key, value):
+    from lib.configs.refsam3d import ConfError, RefSAM3DConfig
+
+    with pytest.raises(ConfError, match=key):
+        RefSAM3DConfig().init("refsam3d", str(tmp_path), {"preset": "small", "label_set": "msd_hippocampus", key: value}, None)
