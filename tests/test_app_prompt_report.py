@@ -87,7 +87,9 @@ def test_empty_mask_has_no_confidence(server):
 
 
 def test_info_lists_synonyms_and_what_the_weights_know(server):
-    model = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d"]
+    info = requests.get(f"{server.url}/info/", timeout=60).json()
+    model = info["models"]["refsam3d"]
+    assert "knows: anterior hippocampus, posterior hippocampus. " in info["description"]  # what Slicer shows
     assert model["synonyms"] == {"anterior hippocampus": ["hippocampal head", "pes hippocampi"],
                                  "posterior hippocampus": ["hippocampal tail", "hippocampal body"]}
     assert "knows: anterior hippocampus, posterior hippocampus" in model["description"]
