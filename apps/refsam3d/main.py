@@ -37,6 +37,7 @@ from lib.server.sessions import harden_sessions
 from lib.server.volume_header import check_volume_size
 from lib.transforms import BadInputError
 from lib.web import install_web_routes
+from lib.weights_card import knows_line
 from lib.weights_history import WeightsHistory
 
 import monailabel
@@ -172,9 +173,10 @@ class RefSAM3DApp(MONAILabelApp):
         meta = super().info()
         task = self._infers.get("refsam3d")
         if task is not None:
-            state = task.weights_card()["headline"]
+            card = task.weights_card()
+            state = card["headline"]
             meta["name"] = f"{self.name} - {state}"
-            meta["description"] = f"{state}. {self.description}"  # Slicer shows the app's description too
+            meta["description"] = f"{state}{knows_line(card)}. {self.description}"  # Slicer shows the app's description too
         gate = getattr(self, "infer_gate", None)
         if gate is not None:
             meta["infer_queue"] = gate.stats()

@@ -172,12 +172,14 @@ def segment_prompts(
     encodings: Optional[MutableMapping[Hashable, Any]] = None,
     threshold: float = 0.5,
     chunk: int = 8,
+    confidences: Optional[Dict[int, Optional[float]]] = None,
 ) -> Tuple[torch.Tensor, Dict[int, int]]:
     """Label map ``[D, H, W]`` (int32, 0 = background, i = prompt i, 1-based) and voxel counts per prompt.
 
     A voxel gets the prompt with the highest probability when that probability is >= ``threshold``.
     Prompts are decoded ``chunk`` at a time so memory does not grow with the number of labels; the
-    image is encoded once (window encodings are shared through ``encodings``).
+    image is encoded once (window encodings are shared through ``encodings``).  ``confidences``, when
+    given, receives per prompt the mean probability of its voxels (None for an empty mask).
     """
     store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
     best_p: Optional[torch.Tensor] = None
@@ -197,4 +199,7 @@ def segment_prompts(
     assert best_p is not None and best_i is not None
     labels = torch.where(best_p >= threshold, best_i, torch.zeros_like(best_i)).cpu()
     counts = torch.bincount(labels.flatten().long(), minlength=len(prompts) + 1)
+    if confidences is not None:
+        sums = torch.bincount(labels.flatten().long(), weights=best_p.cpu().flatten().double(), minlength=len(prompts) + 1)
+        confidences.update({k: float(sums[k] / counts[k]) if counts[k] else None for k in range(1, len(prompts) + 1)})
     return labels, {k: int(counts[k]) for k in range(1, len(prompts) + 1)}

@@ -31,6 +31,9 @@ def summarise_extra(extra: Dict[str, Any]) -> Dict[str, Any]:
     label_set = extra.get("label_set_name") or (spec.get("name") if isinstance(spec, dict) else spec)
     out: Dict[str, Any] = {"label_set": label_set, "trained_labels": list(extra.get("trained_labels") or []),
                            "source": extra.get("source")}
+    trained_prompts = extra.get("trained_prompts")
+    if isinstance(trained_prompts, dict) and trained_prompts:  # the structures it was trained to find, by name
+        out["trained_labels"] = list(dict.fromkeys([*out["trained_labels"], *map(str, trained_prompts)]))
     for key in ("test_evaluation_single_pass", "test_evaluation"):
         ev = extra.get(key)
         if isinstance(ev, dict) and _dice((ev.get("mean") or {}).get("dice")) is not None:
@@ -72,20 +75,43 @@ def headline(summary: Optional[Dict[str, Any]], serving_label_set: str) -> str:
     return text
 
 
+def knows_line(card: Dict[str, Any]) -> str:
+    """``"; knows: anterior hippocampus, posterior hippocampus"``: the structures the served weights were trained on."""
+    labels = card.get("trained_labels") or []
+    return f"; knows: {', '.join(labels)}" if card.get("trained") and labels else ""
+
+
 @functools.lru_cache(maxsize=8)
-def _read(path: str, mtime_ns: int, size: int) -> Dict[str, Any]:
+def _read_extra(path: str, mtime_ns: int, size: int) -> Dict[str, Any]:
     from lib.model import read_checkpoint
 
     try:
-        return summarise_extra(read_checkpoint(path).get("extra", {}) or {})
+        return {"extra": read_checkpoint(path).get("extra", {}) or {}}
     except Exception as e:  # noqa: BLE001 - half-written or foreign file: say so, the store keeps serving
         return {"unreadable": f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"}
 
 
-def read_summary(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
-    """:func:`summarise_extra` of the checkpoint at ``path`` (None when there is no file)."""
+@functools.lru_cache(maxsize=8)
+def _read(path: str, mtime_ns: int, size: int) -> Dict[str, Any]:
+    read = _read_extra(path, mtime_ns, size)
+    return summarise_extra(read["extra"]) if "extra" in read else {"unreadable": read["unreadable"]}
+
+
+def _stat_key(path: str | os.PathLike) -> Optional[tuple]:
     try:
         st = os.stat(path)
     except OSError:
         return None
-    return dict(_read(str(Path(path)), st.st_mtime_ns, st.st_size))
+    return (str(Path(path)), st.st_mtime_ns, st.st_size)
+
+
+def read_summary(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """:func:`summarise_extra` of the checkpoint at ``path`` (None when there is no file)."""
+    key = _stat_key(path)
+    return None if key is None else dict(_read(*key))
+
+
+def read_extra(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+    """The checkpoint's ``extra`` at ``path`` (None when there is no file or it cannot be read); cached, do not modify."""
+    key = _stat_key(path)
+    return None if key is None else _read_extra(*key).get("extra")

@@ -18,6 +18,9 @@
 ``device``                  ``auto`` (default), ``cpu``, ``cuda``, ``cuda:1``
 ``cache_size_mb``           memory for cached studies and encodings, default 2048 (0 disables)
 ``max_prompt_chars``        longest accepted ``text_prompt``, default 500
+``min_prompt_similarity``   a prompt less similar than this (cosine, -1..1) to every phrasing the weights
+                            know is warned about; default 0.6 (``lib/infers/prompt_report.py``)
+``strict_prompts``          ``true``: such a prompt is answered 422 with the nearest labels; default false
 ``model_dir``               where weights live; default ``<repository>/model``
 ``sam_url``                 where to download SAM ViT-B from (a mirror); default the official address
 ``preload``                 ``true`` (default): build the network in the background at start-up
@@ -32,6 +35,7 @@ import os
 from typing import Any, Dict, Optional, Tuple, Union
 
 from lib.encoding_cache import EncodingCache
+from lib.infers.prompt_report import DEFAULT_MIN_SIMILARITY, PromptChecks
 from lib.infers.refsam3d import RefSAM3DInfer
 from lib.labelsets import LabelSet, available_label_sets, load_label_set
 from lib.model_store import ModelStore
@@ -129,6 +133,9 @@ class RefSAM3DConfig(TaskConfig):
         self.sw_batch_size = int(conf_number(conf, "sw_batch_size", 1, 1, 64, int))
         self.max_prompt_chars = int(conf_number(conf, "max_prompt_chars", 500, 1, 100000, int))
         cache_mb = float(conf_number(conf, "cache_size_mb", 2048, 0, 1 << 22))
+        self.prompt_checks = PromptChecks(
+            min_similarity=float(conf_number(conf, "min_prompt_similarity", DEFAULT_MIN_SIMILARITY, -1.0, 1.0)),
+            strict=conf_bool(conf, "strict_prompts", False))
         self.use_pretrained_model = conf_bool(conf, "use_pretrained_model", True)
         self.preload = conf_bool(conf, "preload", True)
 
@@ -165,6 +172,7 @@ class RefSAM3DConfig(TaskConfig):
             modality=self.modality,
             max_prompt_chars=self.max_prompt_chars,
             extra_warnings=self.extra_warnings,
+            prompt_checks=self.prompt_checks,
         )
 
     def trainer(self) -> Optional[TrainTask]:

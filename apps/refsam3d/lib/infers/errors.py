@@ -30,6 +30,15 @@ CLIENT_ERRORS_500 = {
 }
 
 
+class ClientMessage(str):
+    """An error message with more JSON fields: answered as ``{"detail": message, **extra}`` (e.g. ``nearest_labels``)."""
+
+    def __new__(cls, message: str, **extra):
+        obj = super().__new__(cls, message)
+        obj.extra = extra
+        return obj
+
+
 def _raised_parsing_params(exc: BaseException) -> bool:
     """True when ``exc`` comes from parsing ``params`` in monailabel's ``run_inference`` (not from deeper code)."""
     frames = traceback.extract_tb(exc.__traceback__)
@@ -70,6 +79,8 @@ def install_http_error_handlers() -> bool:
         remap = CLIENT_ERRORS_500.get(str(exc.detail)) if exc.status_code == 500 else None
         if remap is not None:
             return JSONResponse({"detail": remap[1]}, status_code=remap[0])
+        if isinstance(exc.detail, ClientMessage):
+            return JSONResponse({"detail": str(exc.detail), **exc.detail.extra}, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
 
     handlers = {

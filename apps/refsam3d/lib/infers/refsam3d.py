@@ -15,6 +15,7 @@ than ``max_prompt_chars``, is rejected with 422.
 
 The response's ``label_names`` is exactly ``{name: value written in the mask}`` (MONAI Label's
 ``BasicInferTask.__call__`` overwrites it with the whole label set; ``__call__`` here restores it).
+Per prompt it also says how sure it is: ``found``, ``confidence``, ``prompt_similarity`` (``lib/infers/prompt_report.py``).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ from monai.transforms import MapTransform, SpatialResample
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
+from lib.infers.prompt_report import PromptChecks, PromptReporter
 from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
 from lib.transforms import BadInputError, load_transforms
-from lib.weights_card import headline, read_summary
+from lib.weights_card import headline, knows_line, read_extra, read_summary
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
@@ -101,6 +103,7 @@ class RefSAM3DInfer(BasicInferTask):
         prompt_chunk: int = 8,
         description: str = "",
         extra_warnings: Optional[List[str]] = None,
+        prompt_checks: Optional[PromptChecks] = None,
         **kwargs,
     ):
         self.store = store
@@ -113,6 +116,7 @@ class RefSAM3DInfer(BasicInferTask):
         self.max_prompt_chars = int(max_prompt_chars)
         self.prompts = PromptParser(label_set, self.max_prompt_chars)
         self.prompt_chunk = int(prompt_chunk)
+        self.reporter = PromptReporter(label_set, prompt_checks)  # found / confidence / prompt_similarity
         self.extra_warnings = extra_warnings if extra_warnings is not None else []
         self._base_description = description or (
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
@@ -154,7 +158,7 @@ class RefSAM3DInfer(BasicInferTask):
     def info(self) -> Dict[str, Any]:
         warnings = self.warnings()
         card = self.weights_card()
-        description = f"{card['headline']}. {self._base_description}"
+        description = f"{card['headline']}{knows_line(card)}. {self._base_description}"
         if warnings:
             description += " WARNING: " + " | ".join(warnings)
         return {
@@ -166,6 +170,9 @@ class RefSAM3DInfer(BasicInferTask):
             "config": self.config(),
             "label_set": self.label_set.name,
             "prompts": self.label_set.prompts,
+            "synonyms": self.reporter.synonyms(read_extra(self.store.published_path)),
+            "prompt_checks": {"min_prompt_similarity": self.reporter.checks.min_similarity,
+                              "strict_prompts": self.reporter.checks.strict},
             "modality": self.modality,
             "target_spacing": list(self.target_spacing),
             "roi_size": list(self.roi_size),
@@ -230,6 +237,9 @@ class RefSAM3DInfer(BasicInferTask):
         request = dict(request)
         mode, prompts = self.parse_prompts(request)
         opts = self._parse_options(request)
+        model, version = self._served_model()  # prompts far from what it knows: warned, or 422 when strict
+        matcher = self.reporter.matcher(model, version, read_extra(self.store.published_path))
+        matches, prompt_warnings = self.reporter.check(prompts, matcher)
         max_value = max(v for _, v, _ in prompts)
         if opts["result_dtype"] == "uint8" and max_value > 255:
             raise BadInputError(f"result_dtype uint8 cannot hold label value {max_value}; ask for uint16")
@@ -237,6 +247,8 @@ class RefSAM3DInfer(BasicInferTask):
             {
                 "_prompts": prompts,
                 "_mode": mode,
+                "_prompt_matches": matches,
+                "_prompt_warnings": prompt_warnings,
                 "threshold": opts["threshold"],
                 "sw_overlap": opts["sw_overlap"],
                 "modality": opts["modality"],
@@ -287,13 +299,16 @@ class RefSAM3DInfer(BasicInferTask):
         return None  # RestoreGeometryd in post_transforms maps the label map back to the original grid
 
     # ------------------------------------------------------------------ inference
-    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+    def _served_model(self) -> Tuple[Any, str]:
         try:
-            model, version = self.store.get()
+            return self.store.get()
         except Exception as e:
             raise ModelUnavailableError(
                 f"the RefSAM3D network is not available ({type(e).__name__}: {str(e)[:300]}); see /info for the weights status"
             ) from e
+
+    def run_inferer(self, data: Dict[str, Any], convert_to_batch=True, device="cuda"):
+        model, version = self._served_model()
         if version != self._last_version:
             if self._last_version is not None:
                 dropped = self.cache.discard(lambda k: k[0] == "encoding" and k[3] != version)
@@ -306,11 +321,12 @@ class RefSAM3DInfer(BasicInferTask):
         overlap = data["sw_overlap"]  # "auto" or a fraction
         key = ("encoding", data["_identity"], self._pre_settings(data), version, roi, overlap)
         texts = [p for _, _, p in prompts]
+        confidences: Dict[int, Optional[float]] = {}
 
         def run(encodings):
             return segment_prompts(
                 model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
-                threshold=float(data["threshold"]), chunk=self.prompt_chunk,
+                threshold=float(data["threshold"]), chunk=self.prompt_chunk, confidences=confidences,
             )
 
         start = time.time()
@@ -341,7 +357,8 @@ class RefSAM3DInfer(BasicInferTask):
             "free_text": self.prompts.free_text(prompts),
             "model": {"preset": self.store.preset, "version": version, "trained": self.store.has_trained_weights()},
             "cache": {"image": data.get("_cache_image"), "encoding": "hit" if hit else "miss"},
-            "warnings": self.warnings(),
+            "warnings": self.warnings() + data.get("_prompt_warnings", []),
+            **self.reporter.fields(prompts, data.get("_prompt_matches", {}), confidences),
         }
         return data
 
@@ -360,6 +377,7 @@ class RefSAM3DInfer(BasicInferTask):
         result["voxels"] = {
             name: int(values[v]) if v < len(values) else 0 for name, v in result.get("_label_names", {}).items()
         }
+        self.reporter.found(result)  # found = voxels written; no confidence for an empty mask
         if not data.get("result_extension"):
             path = str(data.get("image_path") or "")
             ext = next((e for e in RESULT_EXTENSIONS if path.lower().endswith(e)), ".nii.gz")
