@@ -36,14 +36,14 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "prompt_similarity_minilm.json"))
     args = parser.parse_args()
 
-    from lib.labelsets import load_label_set
+    from lib.labelsets import load_label_set, trained_phrasings
     from lib.model import read_checkpoint
     from lib.model.text_encoder import TextEncoder
     from lib.model_store import minilm_folder
-    from lib.prompt_matching import PromptMatcher, encoder_embed, fallback_phrasings
+    from lib.prompt_matching import PromptMatcher, encoder_embed
 
     encoder = TextEncoder(str(minilm_folder()))
-    shipped = fallback_phrasings(read_checkpoint(args.checkpoint)["extra"], load_label_set("msd_hippocampus"))
+    shipped = trained_phrasings(read_checkpoint(args.checkpoint)["extra"], load_label_set("msd_hippocampus"))
     setups = {"names + prompts (shipped checkpoint)": shipped,
               "+ 3 synonyms per label": {k: v + SYNONYMS[k] for k, v in shipped.items()}}
     out = {}

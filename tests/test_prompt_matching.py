@@ -69,19 +69,6 @@ def test_top_labels_are_ordered_and_batch_equals_single(encoder):
     assert set(m.phrasings["liver"]) == {"liver", "hepatic parenchyma"}
 
 
-def test_fallback_phrasings_prefer_what_the_checkpoint_records():
-    from lib.labelsets import load_label_set
-    from lib.prompt_matching import fallback_phrasings
-
-    hippocampus = load_label_set("msd_hippocampus")
-    plain = fallback_phrasings(None, hippocampus)
-    assert plain["anterior hippocampus"][:2] == ["anterior hippocampus", hippocampus.prompts["anterior hippocampus"]]
-    trained = fallback_phrasings({"trained_prompts": {"anterior hippocampus": ["hippocampal head"]}}, hippocampus)
-    assert trained == {"anterior hippocampus": ["anterior hippocampus", "hippocampal head"]}
-    stored = {"label_set": {"labels": [{"name": "liver", "index": 1, "prompt": "CT, liver", "synonyms": ["hepar"]}]}}
-    assert fallback_phrasings(stored, hippocampus) == {"liver": ["liver", "CT, liver", "hepar"]}
-
-
 def test_a_matcher_needs_phrasings(encoder):
     from lib.prompt_matching import PromptMatcher, encoder_embed
 

@@ -107,21 +107,3 @@ class PromptMatcher:
 def encoder_embed(text_encoder: Any) -> Embed:
     """The sentence embedding of a ``lib.model.TextEncoder`` (``TextFeatures.sentence``) as an :data:`Embed`."""
     return lambda texts: text_encoder(list(texts)).sentence
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# FALLBACK until the label-set synonyms of issue 25 (helper t25a: ``trained_phrasings(checkpoint_meta, label_set)``)
-# are merged: the checkpoint's ``trained_prompts`` when it records them ({label: [phrasings]}), else the names,
-# prompts and any ``synonyms`` of the label set stored in the checkpoint (what it was trained with), else of the
-# served label set.  The integrator replaces this with t25a's ``trained_phrasings``.
-def fallback_phrasings(checkpoint_meta: Optional[Mapping[str, Any]], label_set: Any) -> Dict[str, List[str]]:
-    """``{label: [name, prompt, synonyms...]}`` the served weights were trained with (best available record)."""
-    meta = checkpoint_meta or {}
-    trained = meta.get("trained_prompts")
-    if isinstance(trained, Mapping) and trained:
-        return {str(label): [str(label), *(str(t) for t in texts if t)] for label, texts in trained.items()
-                if isinstance(texts, (list, tuple))}
-    spec = meta.get("label_set")
-    entries = spec.get("labels") if isinstance(spec, Mapping) and isinstance(spec.get("labels"), list) else label_set.entries
-    return {str(e["name"]): [str(e["name"]), str(e.get("prompt") or e["name"]), *(e.get("synonyms") or [])]
-            for e in entries if isinstance(e, Mapping) and e.get("name")}

@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from lib.infers.errors import ClientMessage
 from lib.labelsets import LabelSet
-from lib.prompt_matching import PromptMatch, PromptMatcher, encoder_embed, fallback_phrasings
+from lib.labelsets import trained_phrasings
+from lib.prompt_matching import PromptMatch, PromptMatcher, encoder_embed
 from lib.transforms import BadInputError
 
 # Measured with the MiniLM sentence encoder (docs/app.md, benchmarks/prompt_similarity.py): paraphrases and typos
@@ -59,7 +60,7 @@ class PromptReporter:
 
     def phrasings(self, checkpoint_meta: Optional[Mapping[str, Any]]) -> Dict[str, List[str]]:
         """``{label: [phrasings]}`` the weights were trained with (``checkpoint_meta``: the checkpoint's ``extra``)."""
-        return fallback_phrasings(checkpoint_meta, self.label_set)
+        return trained_phrasings(checkpoint_meta, self.label_set)
 
     def synonyms(self, checkpoint_meta: Optional[Mapping[str, Any]]) -> Dict[str, List[str]]:
         """For ``/info``: per label of the served set, its other phrasings (not the name, not the prompt)."""
