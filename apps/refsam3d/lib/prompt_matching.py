@@ -17,6 +17,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 
+# Measured with the MiniLM sentence encoder (docs/app.md, benchmarks/bench_prompt_similarity.py): paraphrases and typos
+# of the hippocampus labels score >= 0.62, structures the weights never saw (liver, amygdala, brainstem, ...) <= 0.58.
+DEFAULT_MIN_SIMILARITY = 0.6
+
+
 def normalise(text: str) -> str:
     """Lower case, ``_``/``-`` as spaces, one space between words (as ``lib/infers/prompt_parsing.py`` routes labels)."""
     return " ".join(re.sub(r"[_\-]+", " ", str(text)).lower().split())

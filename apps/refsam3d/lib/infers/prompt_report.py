@@ -19,12 +19,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from lib.infers.errors import ClientMessage
 from lib.labelsets import LabelSet
 from lib.labelsets import trained_phrasings
-from lib.prompt_matching import PromptMatch, PromptMatcher, encoder_embed
+from lib.prompt_matching import DEFAULT_MIN_SIMILARITY, PromptMatch, PromptMatcher, encoder_embed
 from lib.transforms import BadInputError
 
-# Measured with the MiniLM sentence encoder (docs/app.md, benchmarks/prompt_similarity.py): paraphrases and typos
-# of the hippocampus labels score >= 0.62, structures the weights never saw (liver, amygdala, brainstem, ...) <= 0.58.
-DEFAULT_MIN_SIMILARITY = 0.6
 
 Prompt = Tuple[str, int, str]  # (name in the response, value in the mask, text given to the model)
 
