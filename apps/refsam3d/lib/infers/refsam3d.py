@@ -32,6 +32,7 @@ from monai.transforms import MapTransform, SpatialResample
 
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
+from lib.infers.click_task import parse_request, run_clicks, text_answer_keeper
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
@@ -101,6 +102,9 @@ class RefSAM3DInfer(BasicInferTask):
         prompt_chunk: int = 8,
         description: str = "",
         extra_warnings: Optional[List[str]] = None,
+        infer_type: str = InferType.SEGMENTATION,
+        config: Optional[Dict[str, Any]] = None,
+        description_suffix: str = "",
         **kwargs,
     ):
         self.store = store
@@ -118,16 +122,16 @@ class RefSAM3DInfer(BasicInferTask):
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
             f"({len(label_set.labels)} labels, {self.modality}). Free text via text_prompt, labels via "
             "label_prompt, or every label of the set when neither is given."
-        )
+        ) + description_suffix
         self._last_version: Optional[str] = None
         super().__init__(
             path=None,
             network=None,
-            type=InferType.SEGMENTATION,
+            type=infer_type,
             labels=label_set.labels,
             dimension=3,
             description=self._base_description,
-            config={"text_prompt": "", "threshold": 0.5},
+            config=config or {"text_prompt": "", "threshold": 0.5},
             load_strict=False,
             roi_size=tuple(int(r) for r in roi_size),
             **kwargs,
@@ -228,7 +232,7 @@ class RefSAM3DInfer(BasicInferTask):
     # ------------------------------------------------------------------ the call
     def __call__(self, request, callbacks=None):
         request = dict(request)
-        mode, prompts = self.parse_prompts(request)
+        mode, prompts, clicks = parse_request(self, request)  # clicks: lib/infers/click_task.py
         opts = self._parse_options(request)
         max_value = max(v for _, v, _ in prompts)
         if opts["result_dtype"] == "uint8" and max_value > 255:
@@ -237,6 +241,7 @@ class RefSAM3DInfer(BasicInferTask):
             {
                 "_prompts": prompts,
                 "_mode": mode,
+                "_clicks": clicks,
                 "threshold": opts["threshold"],
                 "sw_overlap": opts["sw_overlap"],
                 "modality": opts["modality"],
@@ -300,6 +305,8 @@ class RefSAM3DInfer(BasicInferTask):
                 logger.info(f"RefSAM3D weights changed ({self._last_version} -> {version}); dropped {dropped} cached encodings")
             self._last_version = version
 
+        if data.get("_clicks") is not None:  # decoder-only reruns on the windows the clicks touch
+            return run_clicks(self, data, model, version)
         prompts: List[Tuple[str, int, str]] = data["_prompts"]
         image: torch.Tensor = data["image"]
         roi = tuple(int(r) for r in self.roi_size)
@@ -311,6 +318,7 @@ class RefSAM3DInfer(BasicInferTask):
             return segment_prompts(
                 model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
                 threshold=float(data["threshold"]), chunk=self.prompt_chunk,
+                keep=text_answer_keeper(self, data, version, texts),  # for a click that follows
             )
 
         start = time.time()
