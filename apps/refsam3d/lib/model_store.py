@@ -341,6 +341,10 @@ class ModelStore:
             return
         self._published_stamp, self._failed_stamp, self._published_loaded = stamp, None, True
         self._warnings = [w for w in self._warnings if "published weights" not in w]
+        lacking = getattr(model, "checkpoint_missing_parts", None) or {}
+        if lacking:  # an older file: the parts it predates (clicks) start untrained
+            self._warn(f"published weights predate {', '.join(f'{k} ({v})' for k, v in lacking.items())}: those parts "
+                       "are untrained until the train task runs again; text-only answers are unaffected")
         self._set_model(model, f"published:{stamp[0]}:{stamp[1]}")
         logger.info(f"RefSAM3D: loaded published weights {self.published_path} in {time.time() - start:.1f}s")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -24,8 +25,11 @@ from .text_encoder import TextEncoder
 
 FORMAT = "refsam3d-checkpoint/v1"
 # 1: first network; 2: 3D pixel decoder with 8 full-resolution channels (commit 98b9e4f). Bump on any change
-# to the stored tensors' names or shapes.
+# to the stored tensors' names or shapes (ADDED tensors need no bump: list them in OPTIONAL_PARTS).
 ARCH_VERSION = 2
+# parts added after version 2 files were written: a file without them loads, they keep their initial
+# values (built so that they change nothing) and the loader says which are missing
+OPTIONAL_PARTS = {"prompt_encoder.": "click prompts (point / no-text embeddings, previous-mask encoder)"}
 
 
 class CheckpointError(ValueError):
@@ -115,7 +119,8 @@ def load_checkpoint(
 
     A checkpoint trained on SAM weights needs ``sam_checkpoint`` (its frozen encoder is not stored);
     ``require_sam=False`` builds it anyway with a random encoder (with a warning; for tests only).
-    ``text_encoder`` defaults to the stored name/folder.
+    ``text_encoder`` defaults to the stored name/folder. Parts newer than the file (``OPTIONAL_PARTS``)
+    keep their initial values: ``model.checkpoint_missing_parts`` names them (and a warning says so).
     """
     payload = read_checkpoint(path, "cpu")
     cfg = dict(payload["config"])
@@ -142,11 +147,20 @@ def load_checkpoint(
         raise CheckpointError(f"{str(path)!r} has tensors the model does not have: {result.unexpected_keys[:5]}."
                               + _version_hint(payload))
     allowed_missing = model.frozen_state_keys() if payload.get("sam_initialised") else {k for k in own if k.startswith("text_encoder.")}
+    lacking = {prefix: what for prefix, what in OPTIONAL_PARTS.items()
+               if any(k.startswith(prefix) for k in result.missing_keys)}
+    allowed_missing |= {k for k in result.missing_keys if any(k.startswith(prefix) for prefix in lacking)}
     incomplete = sorted(set(result.missing_keys) - allowed_missing)
     if incomplete:
         raise CheckpointError(f"{str(path)!r} is incomplete: {len(incomplete)} tensors missing, e.g. {incomplete[:5]}."
                               + _version_hint(payload))
     model.checkpoint_extra = payload.get("extra", {})  # type: ignore[attr-defined]
+    # parts this file predates: {module prefix: what it is}; they start at their (neutral) initial values
+    model.checkpoint_missing_parts = {p.rstrip("."): what for p, what in lacking.items()}  # type: ignore[attr-defined]
+    if lacking:
+        warnings.warn(f"{str(path)!r} predates {', '.join(f'{p.rstrip(chr(46))} ({w})' for p, w in lacking.items())}: "
+                      "those parts start untrained (text-only answers are unchanged); fine-tune to train them",
+                      stacklevel=2)
     return model.to(map_location)
 
 

@@ -124,19 +124,26 @@ class MaskDecoder3D(nn.Module):
 
     def forward(self, image_embedding: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor, sparse_mask: torch.Tensor,
                 mask_features: torch.Tensor) -> torch.Tensor:
-        """image_embedding ``[B, C, d, h, w]``, dense ``[B*K, C, d, h, w]``, sparse ``[K, T, C]``,
-        sparse_mask ``[K, T]``, mask_features ``[B, Cm, D, H, W]`` -> logits ``[B, K, D, H, W]``."""
+        """image_embedding ``[B, C, d, h, w]``, dense ``[B*K, C, d, h, w]``, sparse ``[K, T, C]`` (shared by
+        the batch) or ``[B*K, T, C]`` (per image and prompt: clicks), sparse_mask ``[K, T]`` / ``[B*K, T]``,
+        mask_features ``[B, Cm, D, H, W]`` -> logits ``[B, K, D, H, W]``."""
         b, c = image_embedding.shape[:2]
         grid = image_embedding.shape[2:]
-        k, t, _ = sparse.shape
+        k = dense.shape[0] // b
+        n, t, _ = sparse.shape
+        if n not in (k, b * k):
+            raise ValueError(f"sparse tokens for {n} prompts, expected {k} or {b * k} (B={b}, K={k})")
         # the mask token starts as SAM's learned token + the sentence embedding (first sparse token), so it
         # carries the prompt's identity from the first layer on
-        mask_token = self.mask_tokens.weight[None].to(sparse.dtype) + sparse[:, :1]  # [K, 1, C]
-        tokens = torch.cat([mask_token, sparse], dim=1)  # [K, 1+T, C]
-        tmask = torch.cat([torch.ones_like(sparse_mask[:, :1]), sparse_mask], dim=1)  # [K, 1+T]
-        tokens = tokens[None].expand(b, k, 1 + t, c).reshape(b * k, 1 + t, c)
-        sentence = sparse[None, :, 0].expand(b, k, c).reshape(b * k, c)  # [B*K, C]
-        tmask = tmask[None].expand(b, k, 1 + t).reshape(b * k, 1 + t)
+        mask_token = self.mask_tokens.weight[None].to(sparse.dtype) + sparse[:, :1]  # [n, 1, C]
+        tokens = torch.cat([mask_token, sparse], dim=1)  # [n, 1+T, C]
+        tmask = torch.cat([torch.ones_like(sparse_mask[:, :1]), sparse_mask], dim=1)  # [n, 1+T]
+        if n == k:  # shared by the batch: the same tokens for each image
+            tokens = tokens[None].expand(b, k, 1 + t, c).reshape(b * k, 1 + t, c)
+            sentence = sparse[None, :, 0].expand(b, k, c).reshape(b * k, c)  # [B*K, C]
+            tmask = tmask[None].expand(b, k, 1 + t).reshape(b * k, 1 + t)
+        else:
+            sentence = sparse[:, 0]  # [B*K, C]
         src = image_embedding.repeat_interleave(k, dim=0) + dense  # [B*K, C, d, h, w]
         pe = self.pe_layer(grid)[None].to(src.dtype)  # [1, C, d, h, w]
         hs, src_out = self.transformer(src, pe, tokens, tmask)  # [B*K, 1+T, C], [B*K, N, C]

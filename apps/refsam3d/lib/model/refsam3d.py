@@ -5,13 +5,15 @@
 ``prompts`` -> :class:`TextEncoder` (frozen, Eq. 2) -> :class:`CrossModalProjector` (Eq. 3) ->
 :class:`HierarchicalCrossAttention` with the stage features (Eq. 6-8) -> :class:`MaskDecoder3D`
 -> logits ``[B, K, D, H, W]``, cropped / resized back to the caller's grid.
+Clicks (``points`` / ``point_labels``) and the previous mask go through :class:`PointPromptEncoder3D`:
+point tokens join the sparse tokens, the mask joins the dense prompt; a prompt may be ``None`` (clicks only).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from .cross_attention import HierarchicalCrossAttention
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D, PixelDecoder3D
+from .prompt_encoder import PointPromptEncoder3D, normalise_points
 from .text_encoder import CrossModalProjector, TextEncoder, TextFeatures
 
 # image-encoder parameters that are new in 3D (trainable even when SAM's encoder is frozen)
@@ -62,6 +65,9 @@ class PromptEmbedding:
     sentence: torch.Tensor
 
 
+PromptInput = Union[Sequence[Optional[str]], PromptEmbedding, None]
+
+
 class RefSAM3D(nn.Module):
     """RefSAM3D; build it with :func:`lib.model.build_refsam3d`."""
 
@@ -87,6 +93,7 @@ class RefSAM3D(nn.Module):
                                             image_skip_channels=c["image_skip_channels"])
         self.mask_decoder = MaskDecoder3D(c["decoder_dim"], c["mask_dim"], c["transformer_depth"], c["transformer_heads"],
                                           c["transformer_mlp_dim"])
+        self.prompt_encoder = PointPromptEncoder3D(c["decoder_dim"], c["patch_size"], self.mask_decoder.pe_layer)
         self.apply_freezing()
 
     # ------------------------------------------------------------------ parameters
@@ -176,20 +183,96 @@ class RefSAM3D(nn.Module):
         sentence = self.text_projector(feats.sentence.to(dev))  # [K, Ce] -> [K, C]
         return PromptEmbedding(tokens, feats.mask.to(dev), sentence)
 
-    def decode(self, enc: ImageEncoding, prompts: Union[Sequence[str], PromptEmbedding]) -> torch.Tensor:
-        """Per-prompt part: logits ``[B, K, D, H, W]`` at the caller's resolution; never re-runs the encoder."""
-        txt = prompts if isinstance(prompts, PromptEmbedding) else self.encode_text(prompts)
+    def embed_prompts(self, prompts: PromptInput, k: Optional[int] = None) -> PromptEmbedding:
+        """K prompts (strings, or ``None`` = no text: the learned ``no_text_embed`` stands in for the sentence
+        and the words, one token) -> :class:`PromptEmbedding`; ``prompts=None`` means ``k`` text-less prompts."""
+        if isinstance(prompts, PromptEmbedding):
+            return prompts
+        if isinstance(prompts, str):
+            raise TypeError("prompts must be a list of strings (or None entries for clicks only), e.g. ['liver']")
+        entries = [None] * int(k or 0) if prompts is None else list(prompts)
+        if not entries:
+            raise ValueError("no prompt: give K >= 1 text prompts, or clicks (points) with prompts=None")
+        texts = [p for p in entries if p is not None]
+        if len(texts) == len(entries):
+            return self.encode_text(entries)  # text only: today's path
+        no_text = self.prompt_encoder.no_text_embed.weight  # [1, C]
+        txt = self.encode_text(texts) if texts else None
+        length = txt.tokens.shape[1] if txt is not None else 1
+        empty = torch.zeros(length - 1, no_text.shape[1], dtype=no_text.dtype, device=no_text.device)
+        off = torch.zeros(length - 1, dtype=torch.bool, device=no_text.device)
+        tokens, masks, sentences, j = [], [], [], 0
+        for p in entries:
+            if p is None:
+                tokens.append(torch.cat([no_text, empty]))
+                masks.append(torch.cat([off.new_ones(1), off]))
+                sentences.append(no_text[0])
+            else:
+                tokens.append(txt.tokens[j].to(no_text.dtype))
+                masks.append(txt.mask[j])
+                sentences.append(txt.sentence[j].to(no_text.dtype))
+                j += 1
+        return PromptEmbedding(torch.stack(tokens), torch.stack(masks), torch.stack(sentences))
+
+    def decode(self, enc: ImageEncoding, prompts: PromptInput, points: Optional[torch.Tensor] = None,
+               point_labels: Optional[torch.Tensor] = None, previous_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Per-prompt part: logits ``[B, K, D, H, W]`` at the caller's resolution; never re-runs the encoder.
+
+        ``prompts``: K strings / ``None`` entries (clicks only), a :class:`PromptEmbedding`, or ``None``
+        (K from the clicks). ``points [B, K, P, 3]``: voxel coordinates (D, H, W) in the caller's grid
+        (``enc.input_shape``); ``point_labels [B, K, P]``: 1 positive, 0 negative, -1 padding;
+        ``previous_mask [B, K, D, H, W]``: logits of the last answer at the caller's grid. With neither,
+        exactly today's text-only output.
+        """
+        k = None
+        if prompts is None:
+            k = int(points.shape[1]) if points is not None else int(previous_mask.shape[1]) if previous_mask is not None else 0
+        txt = self.embed_prompts(prompts, k)
         dense = self.cross_attention(enc.stages, txt.tokens, txt.mask)  # [B*K, C, d, h, w]
         sparse = torch.cat([txt.sentence[:, None], txt.tokens], dim=1)  # [K, 1+L, C]
         sparse_mask = torch.cat([torch.ones_like(txt.mask[:, :1]), txt.mask], dim=1)  # [K, 1+L]
+        if points is not None and points.shape[-2] > 0:
+            sparse, sparse_mask = self._append_points(enc, sparse, sparse_mask, points, point_labels)  # [B*K, T, C]
+        if previous_mask is not None:
+            dense = dense + self._mask_prompt(enc, previous_mask, txt.tokens.shape[0]).to(dense.dtype)
         logits = self.mask_decoder(enc.stages[-1], dense, sparse, sparse_mask, enc.mask_features)  # [B, K, Dp, Hp, Wp]
         return self._restore(logits, enc)
 
-    def forward(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """``image [B, 1, D, H, W]``, K prompts -> mask logits ``[B, K, D, H, W]``."""
+    def _append_points(self, enc: ImageEncoding, sparse: torch.Tensor, sparse_mask: torch.Tensor, points: torch.Tensor,
+                       point_labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Point tokens per (image, prompt) after the text tokens: ``[B*K, T + P, C]`` and its mask."""
+        b, (k, t, c) = enc.batch_size, sparse.shape
+        if points.ndim != 4 or tuple(points.shape[:2]) != (b, k) or points.shape[-1] != 3:
+            raise ValueError(f"points must be [B={b}, K={k}, P, 3] voxel coordinates (D, H, W), got {tuple(points.shape)}")
+        if point_labels is None or tuple(point_labels.shape) != tuple(points.shape[:3]):
+            got = None if point_labels is None else tuple(point_labels.shape)
+            raise ValueError(f"point_labels must be [B, K, P] = {tuple(points.shape[:3])} (1 / 0 / -1), got {got}")
+        if bool(((point_labels < -1) | (point_labels > 1)).any()):
+            raise ValueError("point_labels must be 1 (positive), 0 (negative) or -1 (padding)")
+        p = points.shape[2]
+        dev = sparse.device
+        norm = normalise_points(points.to(dev), enc.input_shape, enc.scaled_shape, enc.mask_features.shape[2:])
+        tokens, valid = self.prompt_encoder.embed_points(norm.reshape(b * k, p, 3), point_labels.to(dev).reshape(b * k, p).long())
+        shared = sparse[None].expand(b, k, t, c).reshape(b * k, t, c)
+        shared_mask = sparse_mask[None].expand(b, k, t).reshape(b * k, t)
+        return torch.cat([shared, tokens.to(sparse.dtype)], dim=1), torch.cat([shared_mask, valid], dim=1)
+
+    def _mask_prompt(self, enc: ImageEncoding, previous_mask: torch.Tensor, k: int) -> torch.Tensor:
+        """Previous logits ``[B, K, D, H, W]`` (caller's grid) -> dense ``[B*K, C, d, h, w]`` (scaled, zero-padded)."""
+        b = enc.batch_size
+        if previous_mask.ndim != 5 or tuple(previous_mask.shape) != (b, k, *enc.input_shape):
+            raise ValueError(f"previous_mask must be [B={b}, K={k}, {', '.join(map(str, enc.input_shape))}] logits, "
+                             f"got {tuple(previous_mask.shape)}")
+        dev = enc.mask_features.device
+        x, _, _ = self._prepare(previous_mask.to(dev).float().reshape(b * k, 1, *enc.input_shape))
+        return self.prompt_encoder.embed_mask(x)
+
+    def forward(self, image: torch.Tensor, prompts: PromptInput, points: Optional[torch.Tensor] = None,
+                point_labels: Optional[torch.Tensor] = None, previous_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``image [B, 1, D, H, W]``, K prompts (+ clicks, previous mask; see :meth:`decode`) -> logits ``[B, K, D, H, W]``."""
         if isinstance(prompts, str):
             raise TypeError("prompts must be a list of strings, e.g. ['liver']")
-        return self.decode(self.encode_image(image), prompts)
+        return self.decode(self.encode_image(image), prompts, points, point_labels, previous_mask)
 
     def extra_repr(self) -> str:
         return f"preset={self.config.get('preset')!r}, text_encoder={self.config.get('text_encoder')!r}"
