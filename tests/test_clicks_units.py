@@ -77,9 +77,9 @@ def test_clicks_outside_the_volume():
 
 def test_vista3d_auto_segmentation_drops_the_free_text_index():
     # OHIF sends every /info index for Auto-segmentation of a vista3d model, 255 (free text prompt) included
-    assert drop_free_text_from_auto({"label_prompt": [1, 5, 255]}, 255)["label_prompt"] == [1, 5]
+    assert drop_free_text_from_auto({"label_prompt": [0, 1, 5, 255]}, 255)["label_prompt"] == [1, 5]
     assert drop_free_text_from_auto({"label_prompt": [255]}, 255)["label_prompt"] == [255]  # asked for alone: 422 later
-    assert drop_free_text_from_auto({"label_prompt": [1, 255], "text_prompt": "x"}, 255)["label_prompt"] == [1, 255]
+    assert drop_free_text_from_auto({"label_prompt": [0, 1, 255], "text_prompt": "x"}, 255)["label_prompt"] == [1, 255]
 
 
 def test_clicks_map_through_orientation_and_resampling(tmp_path):

@@ -181,15 +181,17 @@ def parse_click_request(request: Dict[str, Any], parser: PromptParser) -> Option
 
 
 def drop_free_text_from_auto(request: Dict[str, Any], free_value: int) -> Dict[str, Any]:
-    """OHIF's Auto-segmentation / Class Prompts for a ``vista3d`` model send every label index of ``/info``,
-    the free-text value included; with no ``text_prompt`` that entry means nothing: drop it (other entries stay)."""
+    """OHIF's Auto-segmentation / Class Prompts for a ``vista3d`` model send every label index of ``/info``:
+    ``background`` (0) always means nothing there, the free-text value nothing without a ``text_prompt``: both are
+    dropped from a list of several (the other entries stay)."""
     entries = _label_prompt_entries(request.get("label_prompt"))
-    if len(entries) > 1 and not _given(request.get("text_prompt")):
-        kept = [e for e in entries if not (str(e).strip() in (str(free_value), f"{free_value}.0")
-                                          or normalise(str(e)) == FREE_TEXT_NAME)]
-        if kept and len(kept) < len(entries):
-            return {**request, "label_prompt": kept}
-    return request
+    if len(entries) < 2:
+        return request
+    drop = {"0", "0.0", "background"}
+    if not _given(request.get("text_prompt")):
+        drop |= {str(free_value), f"{free_value}.0", FREE_TEXT_NAME}
+    kept = [e for e in entries if normalise(str(e).strip()) not in drop]
+    return {**request, "label_prompt": kept} if kept and len(kept) < len(entries) else request
 
 
 def check_inside(points: np.ndarray, shape: Sequence[int]) -> None:
