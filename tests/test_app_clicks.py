@@ -62,9 +62,8 @@ def test_info_declares_a_task_per_viewer_tool(server):
     models = requests.get(f"{server.url}/info/", timeout=60).json()["models"]
     assert {m: models[m]["type"] for m in ("refsam3d", "refsam3d_clicks", "refsam3d_deepgrow")} == {
         "refsam3d": "segmentation", "refsam3d_clicks": "vista3d", "refsam3d_deepgrow": "deepgrow"}
-    assert models["refsam3d"]["labels"] == {"anterior hippocampus": 1, "posterior hippocampus": 2, "free text prompt": 255}
-    # OHIF sends the clicks placed on a segment named "background" as the negative ones
-    assert models["refsam3d_clicks"]["labels"] == {"background": 0, **models["refsam3d"]["labels"]}
+    assert models["refsam3d_clicks"]["labels"] == models["refsam3d"]["labels"] == {
+        "anterior hippocampus": 1, "posterior hippocampus": 2, "free text prompt": 255}
     assert models["refsam3d_deepgrow"]["config"]["clicks_only"] is False
 
 

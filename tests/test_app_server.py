@@ -58,8 +58,7 @@ def test_info_lists_model_labels_and_text_prompt_option(server):
     assert model["config"]["text_prompt"] == ""  # a text field in the viewers' options dialogs
     assert model["label_set"] == "test_abdomen"
     assert model["prompts"]["aorta"] == "CT images, abdominal organ segmentation, aorta"
-    # + "background" of refsam3d_clicks (OHIF's negative clicks)
-    assert info["labels"] == ["background", "spleen", "kidney_right", "liver", "aorta", "free text prompt"]
+    assert info["labels"] == ["spleen", "kidney_right", "liver", "aorta", "free text prompt"]
     # offline and untrained: said plainly in /info and in the log
     assert "meaningless until the train task publishes weights" in model["description"]
     assert any("no trained RefSAM3D weights" in w for w in model["warnings"])

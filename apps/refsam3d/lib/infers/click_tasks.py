@@ -14,8 +14,7 @@ task                        type                   shown by
 
 No single type serves both viewers' click tools: Slicer ignores ``vista3d`` models, and OHIF sends no label
 for ``deepgrow`` ones.  Every task answers every request format (text, labels, clicks) the same way.
-``refsam3d_clicks`` also declares the label ``background`` (0): OHIF sends the clicks placed on a segment of
-that name as the negative ones, and lists only segments that some model declares.
+OHIF's Point Prompts always offers a ``background`` row of its own: the clicks placed there are the negative ones.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from typing import Any, Dict
 
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-BACKGROUND = "background"
 TEXT_CONFIG = {"text_prompt": "", "threshold": 0.5}
 CLICK_CONFIG = {**TEXT_CONFIG, "clicks_only": False}
 
@@ -36,8 +34,7 @@ def click_task_options(name: str = "refsam3d") -> Dict[str, Dict[str, Any]]:
     """``{task name: RefSAM3DInfer keyword arguments}`` for the three tasks."""
     return {
         name: {"infer_type": InferType.SEGMENTATION, "config": dict(TEXT_CONFIG)},
-        f"{name}_clicks": {"infer_type": "vista3d", "config": dict(CLICK_CONFIG), "description_suffix": CLICK_HELP,
-                           "extra_labels": {BACKGROUND: 0}},
+        f"{name}_clicks": {"infer_type": "vista3d", "config": dict(CLICK_CONFIG), "description_suffix": CLICK_HELP},
         f"{name}_deepgrow": {"infer_type": InferType.DEEPGROW, "config": dict(CLICK_CONFIG),
                              "description_suffix": CLICK_HELP},
     }

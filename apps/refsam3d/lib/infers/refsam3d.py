@@ -105,7 +105,6 @@ class RefSAM3DInfer(BasicInferTask):
         infer_type: str = InferType.SEGMENTATION,
         config: Optional[Dict[str, Any]] = None,
         description_suffix: str = "",
-        extra_labels: Optional[Dict[str, int]] = None,
         **kwargs,
     ):
         self.store = store
@@ -119,7 +118,6 @@ class RefSAM3DInfer(BasicInferTask):
         self.prompts = PromptParser(label_set, self.max_prompt_chars)
         self.prompt_chunk = int(prompt_chunk)
         self.extra_warnings = extra_warnings if extra_warnings is not None else []
-        self.extra_labels = dict(extra_labels or {})  # e.g. "background" for OHIF's negative clicks
         self._base_description = description or (
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
             f"({len(label_set.labels)} labels, {self.modality}). Free text via text_prompt, labels via "
@@ -165,7 +163,7 @@ class RefSAM3DInfer(BasicInferTask):
             description += " WARNING: " + " | ".join(warnings)
         return {
             "type": self.type,
-            "labels": {**self.extra_labels, **self.prompts.declared_labels()},  # + "free text prompt" (viewers name it)
+            "labels": self.prompts.declared_labels(),  # + "free text prompt", so viewers name free text right
             "free_text_label": {"name": FREE_TEXT_NAME, "value": self.prompts.free_value},
             "dimension": self.dimension,
             "description": description,
