@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark clicks over HTTP (prints numbers; not a test): click latency against a cold request.
 
-Per setting it starts the real ``monailabel start_server`` and, per repeat (the study's files touched first, so the
-cold request really encodes):
+Per setting it starts the real ``monailabel start_server``, sends one untimed warm-up click request, and, per repeat
+(the study's file touched first, so the cold request really encodes):
 
 * cold: a text request on the study (pre-processing + encoder + decoder);
 * click 1: OHIF's Point Prompts body (``refsam3d_clicks``, one positive click, text + clicks): decoder only;
@@ -88,6 +88,8 @@ def bench(name: str, args, work: Path) -> dict:
     server.start()
     try:
         wait_until_model_ready(server.url)
+        warm = {"label_prompt": [s["label"]], "points": s["points"][:1], "point_labels": [1]}
+        post(server.url, "refsam3d_clicks", s["image"], warm)  # warm-up (first-call initialisation), not timed
         runs = []
         for rep in range(args.repeats):
             os.utime(s["studies"] / s["file"])  # a new identity: the cold request encodes

@@ -145,8 +145,9 @@ def test_clicks_fix_the_errors_of_the_text_answer(server, hippocampus_dir):
     miss = _largest(truth & (text != 2))
     assert blob.sum() >= 3 and miss.sum() >= 3, (blob.sum(), miss.sum())  # the text answer has errors to fix
     neg = _interior(blob)
-    meta, after_neg = _all(server, "refsam3d_clicks", case, {**params, "points": [neg], "point_labels": [0], "reset": True})
-    assert meta["prompt_mode"] == "text+clicks"
+    meta, after_neg = _all(server, "refsam3d_clicks", case, {**params, "points": [neg], "point_labels": [0]})
+    # as the model is trained (lib/training/clicks.py): the first click refines the text answer
+    assert meta["prompt_mode"] == "text+clicks" and meta["clicks"]["previous_mask"] == "text answer"
     assert (after_neg[blob] == 2).sum() <= 0.5 * blob.sum(), "the negative click did not remove the false positive"
     pos = _interior(miss)
     meta, after_pos = _all(server, "refsam3d_clicks", case, {**params, "points": [neg, pos], "point_labels": [0, 1]})
