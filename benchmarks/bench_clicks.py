@@ -77,9 +77,9 @@ def setting(name: str, work: Path, args) -> dict:
     conf = {"preset": "vit_b", "label_set": "btcv", "target_spacing": "1.5", "text_encoder": args.text_encoder,
             "use_pretrained_model": "false", "model_dir": str(work / "model_vit_b"),
             "sam_checkpoint": str(args.sam_checkpoint or random_sam_checkpoint(work))}
-    centre = [s // 2 for s in shape]
+    near_corner = [s // 5 for s in shape]  # inside one sliding window only (the centre lies in all eight)
     return {"studies": studies, "conf": conf, "image": "abdomen_ct", "file": "abdomen_ct.nii.gz", "label": 1,
-            "text": "spleen", "points": [centre, [s // 4 for s in shape]]}
+            "text": "spleen", "points": [near_corner, [s // 5 + 6 for s in shape]]}
 
 
 def bench(name: str, args, work: Path) -> dict:
@@ -88,7 +88,7 @@ def bench(name: str, args, work: Path) -> dict:
     server.start()
     try:
         wait_until_model_ready(server.url)
-        warm = {"label_prompt": [s["label"]], "points": s["points"][:1], "point_labels": [1]}
+        warm = {"label_prompt": [s["label"]], "points": s["points"][:1], "point_labels": [1], "clicks_only": True}
         post(server.url, "refsam3d_clicks", s["image"], warm)  # warm-up (first-call initialisation), not timed
         runs = []
         for rep in range(args.repeats):

@@ -126,8 +126,11 @@ def test_only_the_touched_windows_are_decoded(small_model):
                                         np.array([1, 0]), (32, 32, 32), "auto", base=base, encodings=encodings)
     assert stats2.decoded == 2 and stats2.encoded == 1  # the first window's encoding is reused
     assert torch.allclose(again[:8, :8, :8], probs[:8, :8, :8], atol=1e-5)  # same window, same clicks: same answer
+    _, same = click_probabilities(small_model, image, "CT images, liver", np.array([[5.0, 5.0, 5.0]]), np.array([1]),
+                                  (32, 32, 32), "auto", base=base, previous=base, encodings=encodings)
+    assert same.decoded == 1  # a previous mask equal to the base answer (first click on a text answer) adds nothing
     prev = torch.zeros(96, 40, 40)
-    prev[50, 20, 20] = 0.9  # a previous answer touches the windows around it too
+    prev[50, 20, 20] = 0.9  # what an earlier click grew (clicks only: the base is empty) is decoded again too
     _, stats3 = click_probabilities(small_model, image, None, np.array([[5.0, 5.0, 5.0]]), np.array([1]),
                                     (32, 32, 32), "auto", previous=prev, encodings=encodings)
     assert stats3.decoded > 1 and stats3.total == 16

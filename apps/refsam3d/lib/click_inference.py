@@ -2,7 +2,8 @@
 
 The windows are MONAI's ``sliding_window_inference`` windows of the text path (same roi, overlap, padding and
 keys as :func:`lib.inference.sliding_window_segment`), so the cached encodings of a study are reused: a click
-request runs the decoder only, on the *touched* windows (a click inside, or a previous-mask voxel >= 0.5), and
+request runs the decoder only, on the *touched* windows (a click inside, or a voxel where the previous mask differs
+from the base answer by >= 0.5: what earlier clicks changed, e.g. an object they grew across a window border), and
 the encoder only for a touched window whose encoding is not cached.  Untouched windows keep the base answer
 (the text-only probabilities for text + clicks; nothing for clicks only).  Blending, with the Gaussian window
 weights ``w`` of the text path::
@@ -87,9 +88,12 @@ def click_probabilities(
     before = torch.tensor([pad[2 * (2 - a)] for a in range(3)], dtype=torch.float64)
     pts = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 3) + before  # padded grid
     lbl = torch.as_tensor(np.asarray(point_labels, dtype=np.int64)).reshape(-1)
-    prev = None
+    prev = changed = None
     if previous is not None:
         prev = F.pad(previous.float()[None, None], pad, mode="constant", value=0.0)[0, 0] if any(pad) else previous.float()
+        delta = previous.float() - (base.float() if base is not None else 0.0)
+        changed = delta.abs() >= PREVIOUS_THRESHOLD  # where the previous answer is not the base answer
+        changed = F.pad(changed[None, None].float(), pad, mode="constant", value=0.0)[0, 0] > 0 if any(pad) else changed
     store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
     stats = ClickStats()
     used: set = set()
@@ -105,7 +109,7 @@ def click_probabilities(
             local = pts - start
             inside = ((local >= -0.5) & (local < roi_t - 0.5)).all(dim=1)
             prev_win = prev[region] if prev is not None else None
-            touched = bool(inside.any()) or (prev_win is not None and bool((prev_win >= PREVIOUS_THRESHOLD).any()))
+            touched = bool(inside.any()) or (changed is not None and bool(changed[region].any()))
             if not touched:
                 outs.append(torch.zeros((1, 2, *roi), device=device))
                 continue
