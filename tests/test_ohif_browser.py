@@ -4,8 +4,8 @@ OHIF v3 bundled by MONAI Label against the app served on DICOMweb from a real Or
 The study is a held-out MSD hippocampus case (never trained on) written as a DICOM MR series and stored in Orthanc;
 the app serves the shipped hippocampus checkpoint, so masks are meaningful.  Flows, in one browser session:
 study list -> MONAI Label mode -> connect -> Auto-segmentation -> Class Prompts -> a label's name typed in the options
--> free text typed in the options -> Class Prompts with that text still in the options (both answered).
-(No point prompt: the app takes no clicks yet.)
+-> free text typed in the options -> Class Prompts with that text still in the options (both answered) -> Point
+Prompts (``refsam3d_clicks``, type ``vista3d``): a click on the image for the posterior hippocampus.
 After each run the test reads OHIF's labelmap (``window.services.segmentationService``) and compares it voxel for
 voxel with the mask the server returns for the same request body, sent again by the test, each value under the name
 ``/info`` declares for it.  Screenshots and the request bodies OHIF sent are kept under ``test-artifacts/``."""
@@ -185,5 +185,26 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
     label_names, both_counts = check_class_prompts(ohif, server, series.series_uid, call, state)
     assert label_names == {"posterior hippocampus": 2, FREE_TEXT: value}  # no prompt silently dropped
     ohif.screenshot("class_prompts_and_free_text")
+
+    # Point Prompts (refsam3d_clicks, type vista3d): select the posterior hippocampus, click in the image, Run
+    before = np.asarray(ohif.segmentation()["data"])
+    tab = ohif.tab("Point Prompts")
+    tab.locator("tr.clickable-row", has_text="posterior hippocampus").click()
+    box = page.locator("canvas.cornerstone-canvas").first.bounding_box()
+    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    call = record("Point Prompts", ohif.run(tab, model="refsam3d_clicks"))
+    assert call.status == 200, call.body[:500]
+    assert call.params["label_prompt"] == [2] and call.params["point_labels"] == [1], call.params
+    (point,) = call.params["points"]  # worldToIndex of the click: [column, row, slice] of the series volume
+    assert all(isinstance(c, int) and 0 <= c < n for c, n in zip(point, series.shape)), (point, series.shape)
+    received = read_volume(call.body, "ohif.nrrd")[0].ravel(order="F")
+    assert set(np.unique(received).tolist()) <= {0, 2}  # the selected label's value, nothing else
+    declared = requests.get(f"{server.url}/info/", timeout=60).json()["models"]["refsam3d_clicks"]["labels"]
+    state = ohif.segmentation()
+    expected = ohif_expected(received, declared, state["names"], ["posterior hippocampus"], before)
+    ohif.wait_for_counts({int(v): int(c) for v, c in zip(*np.unique(expected, return_counts=True)) if v})
+    np.testing.assert_array_equal(np.asarray(ohif.segmentation()["data"]), expected)  # shown under its name
+    ohif.screenshot("point_prompts")
     print(f"\nOHIF voxel counts: auto {auto_counts}, class prompts {class_counts}, label name as text {name_counts}, "
-          f"free text {text_counts}, class prompts + free text {both_counts}")
+          f"free text {text_counts}, class prompts + free text {both_counts}; point prompt {point}: "
+          f"{int((received == 2).sum())} voxels")

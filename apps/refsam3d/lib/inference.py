@@ -173,13 +173,15 @@ def segment_prompts(
     threshold: float = 0.5,
     chunk: int = 8,
     confidences: Optional[Dict[int, Optional[float]]] = None,
+    keep: Optional[Callable[[int, torch.Tensor], None]] = None,
 ) -> Tuple[torch.Tensor, Dict[int, int]]:
     """Label map ``[D, H, W]`` (int32, 0 = background, i = prompt i, 1-based) and voxel counts per prompt.
 
     A voxel gets the prompt with the highest probability when that probability is >= ``threshold``.
     Prompts are decoded ``chunk`` at a time so memory does not grow with the number of labels; the
     image is encoded once (window encodings are shared through ``encodings``).  ``confidences``, when
-    given, receives per prompt the mean probability of its voxels (None for an empty mask).
+    given, receives per prompt the mean probability of its voxels (None for an empty mask). ``keep(i, probs)``, if
+    given, receives each prompt's probabilities ``[D, H, W]`` (0-based prompt index), e.g. to cache them.
     """
     store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
     best_p: Optional[torch.Tensor] = None
@@ -187,6 +189,9 @@ def segment_prompts(
     for start in range(0, len(prompts), max(1, int(chunk))):
         part = list(prompts[start : start + chunk])
         probs = sliding_window_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store)[0]
+        if keep is not None:
+            for i in range(probs.shape[0]):
+                keep(start + i, probs[i])
         p, i = probs.max(dim=0)  # [D, H, W]
         i = i.to(torch.int32) + (start + 1)
         if best_p is None:

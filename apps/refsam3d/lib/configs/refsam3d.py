@@ -36,6 +36,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from lib.encoding_cache import EncodingCache
 from lib.infers.prompt_report import DEFAULT_MIN_SIMILARITY, PromptChecks
+from lib.infers.click_tasks import click_task_options
 from lib.infers.refsam3d import RefSAM3DInfer
 from lib.labelsets import LabelSet, available_label_sets, load_label_set
 from lib.model_store import ModelStore
@@ -161,19 +162,25 @@ class RefSAM3DConfig(TaskConfig):
 
     # ------------------------------------------------------------------ tasks
     def infer(self) -> Union[InferTask, Dict[str, InferTask]]:
-        return RefSAM3DInfer(
-            store=self.store,
-            label_set=self.label_set,
-            cache=self.cache,
-            target_spacing=self.target_spacing,
-            roi_size=self.roi_size,
-            sw_overlap=self.sw_overlap_setting,
-            sw_batch_size=self.sw_batch_size,
-            modality=self.modality,
-            max_prompt_chars=self.max_prompt_chars,
-            extra_warnings=self.extra_warnings,
-            prompt_checks=self.prompt_checks,
-        )
+        """``refsam3d`` (type segmentation: OHIF Auto-segmentation / Class Prompts, Slicer auto-segmentation) and
+        the same task for the viewers' click tools (``lib/infers/click_tasks.py``): one model, one cache."""
+        return {
+            name: RefSAM3DInfer(
+                store=self.store,
+                label_set=self.label_set,
+                cache=self.cache,
+                target_spacing=self.target_spacing,
+                roi_size=self.roi_size,
+                sw_overlap=self.sw_overlap_setting,
+                sw_batch_size=self.sw_batch_size,
+                modality=self.modality,
+                max_prompt_chars=self.max_prompt_chars,
+                extra_warnings=self.extra_warnings,
+                prompt_checks=self.prompt_checks,
+                **options,
+            )
+            for name, options in click_task_options(self.name or "refsam3d").items()
+        }
 
     def trainer(self) -> Optional[TrainTask]:
         try:

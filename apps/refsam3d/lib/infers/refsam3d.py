@@ -33,6 +33,7 @@ from monai.transforms import MapTransform, SpatialResample
 
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
+from lib.infers.click_task import parse_request, run_clicks, text_answer_keeper
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.infers.prompt_report import PromptChecks, PromptReporter
 from lib.labelsets import LabelSet
@@ -104,6 +105,9 @@ class RefSAM3DInfer(BasicInferTask):
         description: str = "",
         extra_warnings: Optional[List[str]] = None,
         prompt_checks: Optional[PromptChecks] = None,
+        infer_type: str = InferType.SEGMENTATION,
+        config: Optional[Dict[str, Any]] = None,
+        description_suffix: str = "",
         **kwargs,
     ):
         self.store = store
@@ -122,16 +126,16 @@ class RefSAM3DInfer(BasicInferTask):
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
             f"({len(label_set.labels)} labels, {self.modality}). Free text via text_prompt, labels via "
             "label_prompt, or every label of the set when neither is given."
-        )
+        ) + description_suffix
         self._last_version: Optional[str] = None
         super().__init__(
             path=None,
             network=None,
-            type=InferType.SEGMENTATION,
+            type=infer_type,
             labels=label_set.labels,
             dimension=3,
             description=self._base_description,
-            config={"text_prompt": "", "threshold": 0.5},
+            config=config or {"text_prompt": "", "threshold": 0.5},
             load_strict=False,
             roi_size=tuple(int(r) for r in roi_size),
             **kwargs,
@@ -235,11 +239,11 @@ class RefSAM3DInfer(BasicInferTask):
     # ------------------------------------------------------------------ the call
     def __call__(self, request, callbacks=None):
         request = dict(request)
-        mode, prompts = self.parse_prompts(request)
+        mode, prompts, clicks = parse_request(self, request)  # clicks: lib/infers/click_task.py
         opts = self._parse_options(request)
         model, version = self._served_model()  # prompts far from what it knows: warned, or 422 when strict
         matcher = self.reporter.matcher(model, version, read_extra(self.store.published_path))
-        matches, prompt_warnings = self.reporter.check(prompts, matcher)
+        matches, prompt_warnings = self.reporter.check([p for p in prompts if p[2]], matcher)  # not clicks only
         max_value = max(v for _, v, _ in prompts)
         if opts["result_dtype"] == "uint8" and max_value > 255:
             raise BadInputError(f"result_dtype uint8 cannot hold label value {max_value}; ask for uint16")
@@ -249,6 +253,7 @@ class RefSAM3DInfer(BasicInferTask):
                 "_mode": mode,
                 "_prompt_matches": matches,
                 "_prompt_warnings": prompt_warnings,
+                "_clicks": clicks,
                 "threshold": opts["threshold"],
                 "sw_overlap": opts["sw_overlap"],
                 "modality": opts["modality"],
@@ -315,6 +320,8 @@ class RefSAM3DInfer(BasicInferTask):
                 logger.info(f"RefSAM3D weights changed ({self._last_version} -> {version}); dropped {dropped} cached encodings")
             self._last_version = version
 
+        if data.get("_clicks") is not None:  # decoder-only reruns on the windows the clicks touch
+            return run_clicks(self, data, model, version)
         prompts: List[Tuple[str, int, str]] = data["_prompts"]
         image: torch.Tensor = data["image"]
         roi = tuple(int(r) for r in self.roi_size)
@@ -327,6 +334,7 @@ class RefSAM3DInfer(BasicInferTask):
             return segment_prompts(
                 model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
                 threshold=float(data["threshold"]), chunk=self.prompt_chunk, confidences=confidences,
+                keep=text_answer_keeper(self, data, version, texts),  # for a click that follows
             )
 
         start = time.time()

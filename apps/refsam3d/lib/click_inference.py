@@ -1,0 +1,144 @@
+"""Clicks on a whole volume: decode again only the sliding windows that the clicks and the previous mask touch.
+
+The windows are MONAI's ``sliding_window_inference`` windows of the text path (same roi, overlap, padding and
+keys as :func:`lib.inference.sliding_window_segment`), so the cached encodings of a study are reused: a click
+request runs the decoder only, on the *touched* windows (a click inside, or a voxel where the previous mask differs
+from the base answer by >= 0.5: what earlier clicks changed, e.g. an object they grew across a window border), and
+the encoder only for a touched window whose encoding is not cached.  Untouched windows keep the base answer
+(the text-only probabilities for text + clicks; nothing for clicks only).  Blending, with the Gaussian window
+weights ``w`` of the text path::
+
+    p = (sum_touched w * p_click + (sum_all w - sum_touched w) * p_base) / sum_all w
+
+so a voxel covered only by touched windows gets the click answer, one covered by none keeps the base answer,
+and the overlap in between is blended as the text path blends neighbouring windows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Hashable, MutableMapping, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from lib.inference import _compact, _expand, _model_device, _window_key, resolve_overlap
+
+PREVIOUS_THRESHOLD = 0.5
+LOGIT_EPS = 1e-4
+
+
+@dataclass
+class ClickStats:
+    """What a click decode did: windows in the volume, decoded with the clicks, and encoded (cache misses)."""
+
+    total: int = 0
+    decoded: int = 0
+    encoded: int = 0
+    clicks_used: int = 0
+    touched: list = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"total": self.total, "decoded": self.decoded, "encoded": self.encoded}
+
+
+def _pad_sizes(shape: Sequence[int], roi: Sequence[int]) -> list:
+    """``F.pad`` sizes (last axis first) that ``sliding_window_inference`` applies to a volume smaller than roi."""
+    pad = []
+    for s, r in zip(reversed([int(x) for x in shape]), reversed([int(x) for x in roi])):
+        diff = max(r - s, 0)
+        pad.extend([diff // 2, diff - diff // 2])
+    return pad
+
+
+def _to_logits(p: torch.Tensor) -> torch.Tensor:
+    p = p.float().clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
+    return torch.log(p) - torch.log1p(-p)
+
+
+def click_probabilities(
+    model,
+    image: torch.Tensor,
+    text: Optional[str],
+    points: np.ndarray,
+    point_labels: np.ndarray,
+    roi_size: Sequence[int],
+    overlap: float | str = "auto",
+    base: Optional[torch.Tensor] = None,
+    previous: Optional[torch.Tensor] = None,
+    sw_batch_size: int = 1,
+    device: Optional[str | torch.device] = None,
+    encodings: Optional[MutableMapping[Hashable, Any]] = None,
+) -> tuple[torch.Tensor, ClickStats]:
+    """Probabilities ``[D, H, W]`` of one target after clicks, and what was decoded.
+
+    ``image [1, D, H, W]`` (or ``[1, 1, D, H, W]``) in the model grid; ``points [N, 3]`` voxel indices of that
+    grid, ``point_labels [N]`` 1 / 0; ``text`` None for clicks only; ``base`` / ``previous`` probability maps
+    ``[D, H, W]`` (the text-only answer; the last answer, given to the model as logits); ``encodings`` the
+    study's cached window encodings (missing ones are encoded and added).
+    """
+    device = torch.device(device) if device is not None else _model_device(model)
+    x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    x = (x[None] if x.ndim == 4 else x).float()
+    shape = tuple(int(s) for s in x.shape[2:])
+    roi = tuple(int(r) for r in roi_size)
+    pad = _pad_sizes(shape, roi)
+    before = torch.tensor([pad[2 * (2 - a)] for a in range(3)], dtype=torch.float64)
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 3) + before  # padded grid
+    lbl = torch.as_tensor(np.asarray(point_labels, dtype=np.int64)).reshape(-1)
+    prev = changed = None
+    if previous is not None:
+        prev = F.pad(previous.float()[None, None], pad, mode="constant", value=0.0)[0, 0] if any(pad) else previous.float()
+        delta = previous.float() - (base.float() if base is not None else 0.0)
+        changed = delta.abs() >= PREVIOUS_THRESHOLD  # where the previous answer is not the base answer
+        changed = F.pad(changed[None, None].float(), pad, mode="constant", value=0.0)[0, 0] > 0 if any(pad) else changed
+    store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
+    stats = ClickStats()
+    used: set = set()
+    roi_t = torch.tensor(roi, dtype=torch.float64)
+
+    def predictor(window: torch.Tensor, coords) -> torch.Tensor:
+        outs = []
+        for b in range(window.shape[0]):
+            stats.total += 1
+            key = _window_key(coords[b])
+            region = tuple(coords[b][2:])
+            start = torch.tensor([s.start for s in region], dtype=torch.float64)
+            local = pts - start
+            inside = ((local >= -0.5) & (local < roi_t - 0.5)).all(dim=1)
+            prev_win = prev[region] if prev is not None else None
+            touched = bool(inside.any()) or (changed is not None and bool(changed[region].any()))
+            if not touched:
+                outs.append(torch.zeros((1, 2, *roi), device=device))
+                continue
+            enc = store.get(key)
+            if enc is None:
+                enc = _compact(model.encode_image(window[b : b + 1].to(device)))
+                store[key] = enc
+                stats.encoded += 1
+            kwargs: dict = {}
+            if bool(inside.any()):
+                used.update(int(i) for i in torch.nonzero(inside).flatten())
+                kwargs["points"] = local[inside].float()[None, None].to(device)  # [1, 1, P, 3]
+                kwargs["point_labels"] = lbl[inside][None, None].to(device)  # [1, 1, P]
+            if prev_win is not None:
+                kwargs["previous_mask"] = _to_logits(prev_win)[None, None].to(device)
+            logits = model.decode(_expand(enc, device), [text], **kwargs)  # [1, 1, *roi]
+            stats.decoded += 1
+            stats.touched.append(key)
+            p = torch.sigmoid(logits.float())
+            outs.append(torch.cat([p, torch.ones_like(p)], dim=1))
+        return torch.cat(outs, dim=0)
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            x, roi_size=roi, sw_batch_size=max(1, int(sw_batch_size)), predictor=predictor,
+            overlap=resolve_overlap(overlap, shape, roi), mode="gaussian", padding_mode="constant", cval=0.0,
+            sw_device=device, device=device, with_coord=True,
+        )
+    blended, touched_weight = out[0, 0].float(), out[0, 1].float().clamp(0.0, 1.0)
+    probs = blended if base is None else blended + (1.0 - touched_weight) * base.to(blended.device).float()
+    stats.clicks_used = len(used)
+    return probs.clamp_(0.0, 1.0).cpu(), stats
