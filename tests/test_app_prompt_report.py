@@ -87,11 +87,17 @@ def test_empty_mask_has_no_confidence(server):
 
 
 def test_info_lists_synonyms_and_what_the_weights_know(server):
+    from lib.labelsets import load_label_set
+
     info = requests.get(f"{server.url}/info/", timeout=60).json()
     model = info["models"]["refsam3d"]
     assert "knows: anterior hippocampus, posterior hippocampus. " in info["description"]  # what Slicer shows
-    assert model["synonyms"] == {"anterior hippocampus": ["hippocampal head", "pes hippocampi"],
-                                 "posterior hippocampus": ["hippocampal tail", "hippocampal body"]}
+    label_set = load_label_set("msd_hippocampus")
+    assert set(model["synonyms"]) == {"anterior hippocampus", "posterior hippocampus"}
+    assert {"hippocampal head", "pes hippocampi"} <= set(model["synonyms"]["anterior hippocampus"])  # recorded
+    for name, listed in model["synonyms"].items():  # what the weights were trained with + the set's synonyms
+        assert set(label_set.synonyms[name]) <= set(listed) and len(listed) == len(set(listed))
+        assert name not in listed and label_set.prompts[name] not in listed  # the name and prompt are not synonyms
     assert "knows: anterior hippocampus, posterior hippocampus" in model["description"]
     assert model["prompt_checks"] == {"min_prompt_similarity": 0.6, "strict_prompts": False}
 
