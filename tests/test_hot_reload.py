@@ -66,7 +66,7 @@ def reference(checkpoint: Path, image: Path, tmp_path: Path) -> np.ndarray:
     shutil.copy(checkpoint, model_dir / "refsam3d_small.pt")
     config = RefSAM3DConfig()
     config.init("refsam3d", str(model_dir), dict(CONF), None)
-    task = config.infer()
+    task = config.infer()["refsam3d"]  # the segmentation task (the click tasks share its model)
     result_file, _ = task({"image": str(image), "device": "cpu", **REQUEST})
     try:
         return np.asanyarray(nib.load(result_file).dataobj)
