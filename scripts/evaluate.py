@@ -23,7 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "apps" / "refsam3d"))
 
 from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
-from lib.prompt_matching import DEFAULT_MIN_SIMILARITY  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="JSON {'labels': {label: [phrasings]}, 'absent': [structures]}: Dice per phrasing and the "
                         "share of absent structures answered empty (lib/evaluation_prompts.py), instead of the "
                         "metrics above; e.g. benchmarks/prompts/msd_hippocampus_heldout.json")
-    p.add_argument("--min-prompt-similarity", type=float, default=DEFAULT_MIN_SIMILARITY,
+    p.add_argument("--min-prompt-similarity", type=float, default=None,
                    help="with --prompts: absent structures whose prompt scores below this are counted as flagged, as "
-                        "the server's min_prompt_similarity warns (default: the server's; -1 = never flagged)")
+                        "the server's min_prompt_similarity warns (default: the server's, in lib/prompt_matching.py; "
+                        "-1 = never flagged)")
     p.add_argument("--clicks", type=int, default=0,
                    help="interactive protocol (lib/evaluation_clicks.py): the text answer, then up to N simulated "
                         "clicks; Dice after each click, NoC@85/90, clicks.json/.csv/.png in --out")
@@ -151,12 +151,15 @@ def evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset) ->
     prompt_file = load_prompt_file(args.prompts, label_set)
     meta = checkpoint_info(checkpoints[0])["extra"]
     flagged = None
-    if args.min_prompt_similarity > -1 and hasattr(seg, "model"):  # what the server warns about, same encoder
+    from lib.prompt_matching import DEFAULT_MIN_SIMILARITY
+
+    minimum = DEFAULT_MIN_SIMILARITY if args.min_prompt_similarity is None else args.min_prompt_similarity
+    if minimum > -1 and hasattr(seg, "model"):  # what the server warns about, same encoder
         from lib.labelsets import trained_phrasings
         from lib.prompt_matching import PromptMatcher, encoder_embed
 
         matcher = PromptMatcher(trained_phrasings(meta, label_set), encoder_embed(seg.model.text_encoder))
-        flagged = lambda text: matcher.match(text).score < args.min_prompt_similarity  # noqa: E731
+        flagged = lambda text: matcher.match(text).score < minimum  # noqa: E731
     result = evaluate_prompts(seg, datalist, label_set, prompt_file, meta, flagged=flagged,
                               progress=not args.no_progress,
                               info={"checkpoint": checkpoints, "label_set": label_set.name, "preset": preset,
