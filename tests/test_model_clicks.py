@@ -125,14 +125,19 @@ def test_bad_clicks_fail_clearly(small):
         small.decode(enc, None)
 
 
-def test_shipped_checkpoint_loads_reports_missing_parts_and_text_is_unchanged(hippocampus_dir, shared_minilm_text):
-    """The shipped checkpoint predates clicks: it loads, says so, and its text answers do not depend on the new
-    parts (perturbing them changes nothing) and still segment."""
+def test_checkpoint_without_clicks_loads_reports_missing_parts_and_text_is_unchanged(hippocampus_dir, shared_minilm_text,
+                                                                                      tmp_path):
+    """A checkpoint written before clicks existed (the shipped one with its ``prompt_encoder.*`` entries removed, as
+    the text-only version in git history is): it loads, says so, and its text answers do not depend on the new parts
+    (perturbing them changes nothing) and still segment."""
     from lib.model import load_checkpoint
 
+    old = torch.load(SHIPPED, map_location="cpu", weights_only=False)
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith("prompt_encoder.")}
+    torch.save(old, tmp_path / "text_only.pt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = load_checkpoint(SHIPPED, text_encoder=shared_minilm_text).eval()
+        model = load_checkpoint(tmp_path / "text_only.pt", text_encoder=shared_minilm_text).eval()
     assert list(model.checkpoint_missing_parts) == ["prompt_encoder"]
     assert any("prompt_encoder" in str(w.message) for w in caught)
     assert torch.count_nonzero(model.prompt_encoder.mask_downscaling[-1].weight) == 0

@@ -25,6 +25,12 @@ from ohif_driver import InferCall, OhifSession, browser_session
 from orthanc_process import OrthancServer, orthanc_missing
 from server_process import REPO_ROOT, MonaiLabelServer
 
+# what OHIF's PointPrompts.onRunInference reads: the ProbeMONAILabel annotations of cornerstone3D's annotation manager
+PROBE_POINT_PLACED = """() => {
+  const saved = window.cornerstoneTools.annotation.state.getAnnotationManager().saveAnnotations(null, 'ProbeMONAILabel');
+  return Object.values(saved || {}).some(frame => ((frame || {})['ProbeMONAILabel'] || []).length > 0);
+}"""
+
 CASE = "hippocampus_019"  # a test case of benchmarks/results/hippocampus_split.json: never seen in training
 CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
 STRUCTURES = ("anterior hippocampus", "posterior hippocampus")
@@ -190,8 +196,18 @@ def test_ohif_monai_label_flows(pacs, server, ohif: OhifSession):
     before = np.asarray(ohif.segmentation()["data"])
     tab = ohif.tab("Point Prompts")
     tab.locator("tr.clickable-row", has_text="posterior hippocampus").click()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     box = page.locator("canvas.cornerstone-canvas").first.bounding_box()
-    page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(5):  # the row click activates OHIF's probe tool asynchronously: click until a probe point exists
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        try:
+            page.wait_for_function(PROBE_POINT_PLACED, timeout=10_000)
+            break
+        except PlaywrightTimeoutError:
+            continue
+    else:
+        pytest.fail("no ProbeMONAILabel point after 5 clicks on the viewport (OHIF's Point Prompts tool never activated)")
     call = record("Point Prompts", ohif.run(tab, model="refsam3d_clicks"))
     assert call.status == 200, call.body[:500]
     assert call.params["label_prompt"] == [2] and call.params["point_labels"] == [1], call.params
