@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import requests
-from app_fixtures import infer, parse_all, read_volume
+from app_fixtures import hippocampus_studies, infer, parse_all, read_volume
 from scipy import ndimage
 from server_process import REPO_ROOT, MonaiLabelServer
 
@@ -28,10 +28,7 @@ OHIF_EXTRAS = {"result_extension": ".nrrd", "result_dtype": "uint8", "result_com
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, hippocampus_dir, minilm_text_encoder):
     root = tmp_path_factory.mktemp("clicks")
-    studies = root / "studies"
-    studies.mkdir()
-    for case in CASES:
-        shutil.copy(hippocampus_dir / "imagesTr" / f"{case}.nii.gz", studies / f"{case}.nii.gz")
+    studies = hippocampus_studies(root, hippocampus_dir, CASES)
     (root / "model").mkdir()
     shutil.copy(CHECKPOINT, root / "model" / "refsam3d_small.pt")
     conf = {"preset": "small", "label_set": "msd_hippocampus", "text_encoder": "minilm",
