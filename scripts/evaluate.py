@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--roi", default=None, help="sliding-window size (default: checkpoint / label set)")
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
+                   help="image encoding under bf16 autocast, as the server's --conf precision (default float32)")
     p.add_argument("--mirror-axes", default="",
                    help="test-time augmentation (nnU-Net's mirroring): average over flips of these spatial axes, "
                         "e.g. '0' = left-right, the flip the training augments with (default: none, one pass)")
@@ -70,6 +72,7 @@ def main(argv=None) -> int:
     from lib.evaluation import evaluate, write_reports
     from lib.labelsets import load_label_set
     from lib.model import load_checkpoint
+    from lib.precision import resolve_precision
     from lib.training import (EnsembleSegmenter, PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set,
                               msd_datalist)
     from lib.training.config import parse_axes, parse_labels, parse_size
@@ -94,6 +97,7 @@ def main(argv=None) -> int:
         member = PromptModelAdapter(model, entries_from_label_set(label_set, parse_labels(args.labels)), TrainConfig(),
                                     roi_size=roi, overlap=args.overlap, device=args.device, threshold=args.threshold,
                                     mirror_axes=parse_axes(args.mirror_axes))
+        member.precision = resolve_precision(args.precision, member.device)
         member.model.eval()
         return member, label_set, preset, roi
 

@@ -146,6 +146,38 @@ def test_patch_conv_transpose_equals_conv_transpose3d():
         torch.testing.assert_close(m(x, extra=extra), torch.cat([ref, extra], 1), rtol=1e-5, atol=1e-5)
 
 
+def test_mask_projection_from_float16_features_equals_the_float32_einsum():
+    """The server's cached float16 mask features are projected slab by slab: the same numbers as one einsum."""
+    from lib.model.mask_decoder import project_mask_features
+
+    torch.manual_seed(0)
+    m16 = torch.randn(2, 16, 9, 12, 10).to(torch.float16).contiguous(memory_format=torch.channels_last_3d)
+    weights, bias = torch.randn(2, 3, 16), torch.randn(2, 3)
+    ref = torch.einsum("bcdhw,bkc->bkdhw", m16.float(), weights) + bias[..., None, None, None]
+    with torch.no_grad():
+        for slab_voxels in (1, 120, 1 << 18):  # one depth slice per slab, a few slices, one slab
+            out = project_mask_features(m16, weights, bias, slab_voxels=slab_voxels)
+            assert out.dtype == torch.float32 and out.shape == (2, 3, 9, 12, 10)
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    w = weights.clone().requires_grad_()  # with autograd: one einsum, gradients flow
+    project_mask_features(m16.float(), w, bias).sum().backward()
+    assert w.grad is not None and torch.isfinite(w.grad).all()
+
+
+def test_pixel_decoder_in_place_activation_matches_training_mode(shared_tiny_text):
+    """Without gradients the last GELU runs in place: the same mask features as with autograd."""
+    from lib.model import build_refsam3d
+
+    torch.manual_seed(0)
+    model = build_refsam3d("small", text_encoder=shared_tiny_text).eval()
+    x = torch.rand(1, 1, 24, 16, 16)
+    stages = model.image_encoder(x)
+    with_grad = model.pixel_decoder(stages, x)
+    with torch.no_grad():
+        without = model.pixel_decoder([s.detach() for s in stages], x)
+    torch.testing.assert_close(without, with_grad.detach())
+
+
 # ----------------------------------------------------------------------------- text encoder
 def test_minilm_text_encoder_offline(shared_minilm_text):
     enc = shared_minilm_text

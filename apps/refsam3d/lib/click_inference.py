@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from lib.inference import _compact, _expand, _model_device, _window_key, resolve_overlap
+from lib.inference import _expand, _model_device, _window_key, encode_window, resolve_overlap
 
 PREVIOUS_THRESHOLD = 0.5
 LOGIT_EPS = 1e-4
@@ -71,13 +71,14 @@ def click_probabilities(
     sw_batch_size: int = 1,
     device: Optional[str | torch.device] = None,
     encodings: Optional[MutableMapping[Hashable, Any]] = None,
+    precision: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, ClickStats]:
     """Probabilities ``[D, H, W]`` of one target after clicks, and what was decoded.
 
     ``image [1, D, H, W]`` (or ``[1, 1, D, H, W]``) in the model grid; ``points [N, 3]`` voxel indices of that
     grid, ``point_labels [N]`` 1 / 0; ``text`` None for clicks only; ``base`` / ``previous`` probability maps
     ``[D, H, W]`` (the text-only answer; the last answer, given to the model as logits); ``encodings`` the
-    study's cached window encodings (missing ones are encoded and added).
+    study's cached window encodings (missing ones are encoded and added, under ``precision`` autocast).
     """
     device = torch.device(device) if device is not None else _model_device(model)
     x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
@@ -115,7 +116,7 @@ def click_probabilities(
                 continue
             enc = store.get(key)
             if enc is None:
-                enc = _compact(model.encode_image(window[b : b + 1].to(device)))
+                enc = encode_window(model, window[b : b + 1], device, precision)
                 store[key] = enc
                 stats.encoded += 1
             kwargs: dict = {}

@@ -20,6 +20,8 @@ from typing import Any, Callable, Dict, Hashable, MutableMapping, Optional, Sequ
 import torch
 from monai.inferers import sliding_window_inference
 
+from lib.precision import encoding_autocast
+
 STORE_DTYPE = torch.float16
 
 
@@ -69,10 +71,17 @@ def _expand(enc, device: torch.device):
     cls = type(enc)
     return cls(
         [s.to(device, torch.float32) for s in enc.stages],
-        enc.mask_features.to(device, torch.float32, memory_format=torch.channels_last_3d),  # one copy
+        enc.mask_features.to(device, memory_format=torch.channels_last_3d),  # stays float16: decoded slab by slab
         tuple(enc.input_shape),
         tuple(enc.scaled_shape),
     )
+
+
+def encode_window(model, window: torch.Tensor, device: torch.device, precision: Optional[torch.dtype] = None):
+    """One window ``[1, 1, *roi]`` -> its stored encoding (:func:`_compact`); the encoder under autocast when
+    ``precision`` is a dtype (``lib/precision.py``)."""
+    with encoding_autocast(device, precision):
+        return _compact(model.encode_image(window.to(device)))
 
 
 def _model_device(model) -> torch.device:
@@ -92,6 +101,7 @@ def sliding_window_segment(
     device: Optional[str | torch.device] = None,
     encodings: Optional[MutableMapping[Hashable, Any]] = None,
     mode: str = "gaussian",
+    precision: Optional[torch.dtype] = None,
 ) -> torch.Tensor:
     """Probabilities ``[1, K, D, H, W]`` in [0, 1] for ``image [1, 1, D, H, W]`` and K prompts.
 
@@ -100,6 +110,7 @@ def sliding_window_segment(
 
     ``encodings``: optional mapping window position -> stored encoding; missing windows are encoded
     and added, present ones are reused (the mapping must belong to this image, roi and overlap).
+    ``precision``: autocast dtype of the image encoding (None: float32; see ``lib/precision.py``).
     """
     if not prompts:
         raise ValueError("at least one prompt is needed")
@@ -121,7 +132,7 @@ def sliding_window_segment(
                 key = _window_key(coords[b])
                 enc = store.get(key)
                 if enc is None:
-                    enc = _compact(model.encode_image(window[b : b + 1].to(device)))
+                    enc = encode_window(model, window[b : b + 1], device, precision)
                     store[key] = enc
                 logits = model.decode(_expand(enc, device), text)  # [1, K, *roi]
                 outs.append(torch.sigmoid(logits.float()))
@@ -174,6 +185,7 @@ def segment_prompts(
     chunk: int = 8,
     confidences: Optional[Dict[int, Optional[float]]] = None,
     keep: Optional[Callable[[int, torch.Tensor], None]] = None,
+    precision: Optional[torch.dtype] = None,
 ) -> Tuple[torch.Tensor, Dict[int, int]]:
     """Label map ``[D, H, W]`` (int32, 0 = background, i = prompt i, 1-based) and voxel counts per prompt.
 
@@ -188,7 +200,8 @@ def segment_prompts(
     best_i: Optional[torch.Tensor] = None
     for start in range(0, len(prompts), max(1, int(chunk))):
         part = list(prompts[start : start + chunk])
-        probs = sliding_window_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store)[0]
+        probs = sliding_window_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store,
+                                       precision=precision)[0]
         if keep is not None:
             for i in range(probs.shape[0]):
                 keep(start + i, probs[i])

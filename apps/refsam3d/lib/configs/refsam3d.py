@@ -16,6 +16,8 @@
 ``sw_batch_size``           windows per forward pass, default 1
 ``modality``                ``CT`` or ``MR``: overrides the label set's intensity handling
 ``device``                  ``auto`` (default), ``cpu``, ``cuda``, ``cuda:1``
+``precision``               image encoding under ``bfloat16`` autocast, or ``float32``; ``auto`` (default):
+                            bf16 on CUDA GPUs that support it and on CPUs with AMX (``lib/precision.py``)
 ``cache_size_mb``           memory for cached studies and encodings, default 2048 (0 disables)
 ``max_prompt_chars``        longest accepted ``text_prompt``, default 500
 ``min_prompt_similarity``   a prompt less similar than this (cosine, -1..1) to every phrasing the weights
@@ -38,6 +40,7 @@ from lib.encoding_cache import EncodingCache
 from lib.infers.prompt_report import DEFAULT_MIN_SIMILARITY, PromptChecks
 from lib.infers.click_tasks import click_task_options
 from lib.infers.refsam3d import RefSAM3DInfer
+from lib.precision import resolve_precision
 from lib.labelsets import LabelSet, available_label_sets, load_label_set
 from lib.model_store import ModelStore
 
@@ -149,13 +152,17 @@ class RefSAM3DConfig(TaskConfig):
             device=conf.get("device") or None,
             sam_url=conf.get("sam_url") or None,
         )
+        try:
+            self.precision = resolve_precision(conf.get("precision", "auto"), self.store.device)
+        except ValueError as e:
+            raise ConfError(f"--conf {e}") from None
         self.cache = EncodingCache(max_bytes=int(cache_mb * 2**20))
         self.extra_warnings: list = []  # app-level problems (e.g. a failed dcmqi download) shown in /info
         self.path = [str(self.store.published_path)]
         logger.info(
             f"RefSAM3D: preset={self.preset} label_set={self.label_set.name} ({len(self.labels)} labels, "
             f"{self.modality}) spacing={self.target_spacing} roi={self.roi_size} overlap={self.sw_overlap_setting} "
-            f"device={self.store.device} cache={cache_mb:.0f} MiB; available label sets: {available_label_sets()}"
+            f"device={self.store.device} precision={self.precision or 'float32'} cache={cache_mb:.0f} MiB; available label sets: {available_label_sets()}"
         )
         if not self.store.has_trained_weights():  # the other warnings were logged by the ModelStore
             logger.warning(f"RefSAM3D: {self.store.warnings()[0]}")
@@ -177,6 +184,7 @@ class RefSAM3DConfig(TaskConfig):
                 max_prompt_chars=self.max_prompt_chars,
                 extra_warnings=self.extra_warnings,
                 prompt_checks=self.prompt_checks,
+                precision=self.precision,
                 **options,
             )
             for name, options in click_task_options(self.name or "refsam3d").items()

@@ -78,7 +78,7 @@ def _text_answer(task, data, version, model, image, text: str, encodings) -> Tup
         return cached.float(), True
     roi = tuple(int(r) for r in task.roi_size)
     probs = sliding_window_segment(model, image[None], [text], roi, data["sw_overlap"], task.sw_batch_size,
-                                   task.store.device, encodings)[0, 0].cpu()
+                                   task.store.device, encodings, precision=task.precision)[0, 0].cpu()
     task.cache.put(key, probs.to(torch.float16).contiguous())
     return probs, False
 
@@ -106,7 +106,7 @@ def run_clicks(task, data: Dict[str, Any], model, version: str) -> Dict[str, Any
 
     probs, stats = click_probabilities(
         model, image, clicks.text, grid, clicks.labels, task.roi_size, data["sw_overlap"], base=base, previous=previous,
-        sw_batch_size=task.sw_batch_size, device=task.store.device, encodings=encodings)
+        sw_batch_size=task.sw_batch_size, device=task.store.device, encodings=encodings, precision=task.precision)
     if not hit:
         put_back()
     task.cache.put(answer_key, {"probs": probs.to(torch.float16).contiguous(), "clicks": clicks.click_set()})

@@ -108,6 +108,7 @@ class RefSAM3DInfer(BasicInferTask):
         infer_type: str = InferType.SEGMENTATION,
         config: Optional[Dict[str, Any]] = None,
         description_suffix: str = "",
+        precision: Optional[torch.dtype] = None,
         **kwargs,
     ):
         self.store = store
@@ -116,6 +117,7 @@ class RefSAM3DInfer(BasicInferTask):
         self.target_spacing = tuple(float(s) for s in target_spacing)
         self.sw_overlap = sw_overlap if isinstance(sw_overlap, str) else float(sw_overlap)
         self.sw_batch_size = int(sw_batch_size)
+        self.precision = precision  # autocast dtype of the image encoding (lib/precision.py); None = float32
         self.modality = (modality or label_set.modality).upper()
         self.max_prompt_chars = int(max_prompt_chars)
         self.prompts = PromptParser(label_set, self.max_prompt_chars)
@@ -181,6 +183,7 @@ class RefSAM3DInfer(BasicInferTask):
             "target_spacing": list(self.target_spacing),
             "roi_size": list(self.roi_size),
             "sw_overlap": self.sw_overlap,
+            "precision": str(self.precision).replace("torch.", "") if self.precision else "float32",
             "weights": {**self.store.status(), "card": card},
             "warnings": warnings,
             "cache": self.cache.stats(),
@@ -335,6 +338,7 @@ class RefSAM3DInfer(BasicInferTask):
                 model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
                 threshold=float(data["threshold"]), chunk=self.prompt_chunk, confidences=confidences,
                 keep=text_answer_keeper(self, data, version, texts),  # for a click that follows
+                precision=self.precision,
             )
 
         start = time.time()

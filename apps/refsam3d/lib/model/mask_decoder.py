@@ -107,7 +107,30 @@ class PixelDecoder3D(nn.Module):
         if image_skips:  # [B, c_n + 1 + s_0, D, H, W] -> [B, c_n, ...], then the image again for the last conv
             x = self.image_fuse[str(self.n_up)](torch.cat([x, image_skips[0].to(x.dtype)], dim=1))
             x = torch.cat([x, image.to(x.dtype)], dim=1)
-        return self.act(self.final(x))  # the last conv over [mask features, image] -> M [B, Cm, D, H, W]
+        m = self.final(x)  # the last conv over [mask features, image] -> M [B, Cm, D, H, W]
+        # GELU in place when no gradient is needed: M is the largest tensor of the model (Cm x D x H x W)
+        return self.act(m) if torch.is_grad_enabled() else torch.ops.aten.gelu_(m)
+
+
+def project_mask_features(mask_features: torch.Tensor, weights: torch.Tensor, bias: torch.Tensor,
+                          slab_voxels: int = 1 << 16) -> torch.Tensor:
+    """``<w, M> + b`` per voxel: mask_features ``[B, Cm, D, H, W]``, weights ``[B, K, Cm]``, bias ``[B, K]`` ->
+    ``[B, K, D, H, W]`` in the weights' dtype.
+
+    When ``M`` is stored at a lower precision than the weights (e.g. the float16 encodings the server caches)
+    and no gradient is needed, ``M`` is converted one depth slab (~``slab_voxels`` voxels) at a time, so a full
+    float32 copy of ``M`` (Cm x D x H x W x 4 bytes, 128 MiB for a 128^3 window) is never made."""
+    m = mask_features.permute(0, 2, 3, 4, 1)  # [B, D, H, W, Cm] (a view for channels_last_3d)
+    b, d, h, w, _ = m.shape
+    dtype = weights.dtype
+    if m.dtype == dtype or torch.is_grad_enabled():
+        return torch.einsum("bdhwc,bkc->bkdhw", m.to(dtype), weights) + bias[..., None, None, None]
+    out = torch.empty(b, weights.shape[1], d, h, w, dtype=dtype, device=m.device)
+    step = max(1, slab_voxels // max(1, h * w))
+    for z in range(0, d, step):
+        slab = m[:, z:z + step].to(dtype)  # [B, s, H, W, Cm]
+        out[:, :, z:z + step] = torch.einsum("bdhwc,bkc->bkdhw", slab, weights)
+    return out.add_(bias[..., None, None, None])
 
 
 class MaskDecoder3D(nn.Module):
@@ -150,8 +173,8 @@ class MaskDecoder3D(nn.Module):
         mask_token = hs[:, 0] + sentence  # [B*K, C]; the sentence again: SAM's first layer has no residual
         hyper = self.output_hypernetworks_mlp(mask_token).view(b, k, self.mask_dim + 1)
         weights, bias = hyper[..., :-1], hyper[..., -1]  # [B, K, Cm], [B, K]
-        m = mask_features.permute(0, 2, 3, 4, 1)  # [B, D, H, W, Cm] (a view for channels_last_3d)
-        fine = torch.einsum("bdhwc,bkc->bkdhw", m, weights.to(m.dtype)) + bias[..., None, None, None].to(m.dtype)
+        fine = project_mask_features(mask_features, weights, bias)  # [B, K, D, H, W]
         coarse = torch.einsum("bnc,bc->bn", src_out, self.coarse_mlp(mask_token)) / math.sqrt(c)  # [B*K, N]
         coarse = F.interpolate(coarse.view(b * k, 1, *grid).float(), size=fine.shape[-3:], mode="trilinear", align_corners=False)
-        return fine + coarse.view(b, k, *fine.shape[-3:]).to(fine.dtype)  # [B, K, D, H, W]
+        coarse = coarse.view(b, k, *fine.shape[-3:]).to(fine.dtype)
+        return fine + coarse if torch.is_grad_enabled() else fine.add_(coarse)  # [B, K, D, H, W]

@@ -7,7 +7,7 @@ wraps its CNN baseline in the same interface so both are trained and evaluated b
 from __future__ import annotations
 
 import random
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -107,6 +107,7 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
         self.overlap = float(overlap)
         self.threshold = float(threshold)
         self.mirror_axes = tuple(mirror_axes)  # test-time flips averaged by predict_probs (none: one pass)
+        self.precision: Optional[torch.dtype] = None  # autocast dtype of the image encoding in predict_probs (None: float32)
         self.loss_fn = PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
         self.rng = random.Random(seed)
         self.prompt_options = prompt_options(self.entries, cfg)  # phrasings, negatives (lib/training/prompts.py)
@@ -136,7 +137,7 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
 
         def predict(x: torch.Tensor) -> torch.Tensor:
             return sliding_window_segment(self.model, x, list(prompts), self.roi_size, overlap=self.overlap,
-                                          sw_batch_size=1, device=self.device)
+                                          sw_batch_size=1, device=self.device, precision=self.precision)
 
         return mirror_averaged(predict, image, self.mirror_axes)[0].float()  # [K, D, H, W]
 
