@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from monai.config import USE_COMPILED
 from monai.data import MetaTensor
+from monai.data.meta_obj import get_track_meta
 from monai.data.utils import AFFINE_TOL, to_affine_nd
 from monai.networks.utils import to_norm_affine
 from monai.transforms import Spacingd, SpatialResample
 from monai.transforms.inverse import TraceableTransform
-from monai.data.meta_obj import get_track_meta
 from monai.utils import TraceKeys, convert_to_tensor, get_equivalent_dtype
 
 from lib.label_resample import axis_pairing
