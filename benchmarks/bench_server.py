@@ -9,11 +9,17 @@ For each preset it starts the real ``monailabel start_server`` and measures:
 * 13 prompts (every BTCV label, automatic segmentation) on the same study (cached encoding);
 * 13 prompts on a copy of the study (cold: encodes, then decodes 13 prompts).
 
+``--kits`` adds a KiTS-sized CT (512 x 512 x 1059 voxels at 0.78 x 0.78 x 0.5 mm, int16, generated into the temp
+folder by ``benchmarks/kits_volume.py``, never stored): one prompt with vit_b, its time and the server's peak
+memory (largest sum of VmRSS over the server's process tree, sampled every 50 ms while the request runs, and
+the largest VmHWM).  Goal: peak <= 6 GiB.  ``--presets`` with no name skips the abdominal CT runs.
+
 vit_b uses a full-size SAM ViT-B checkpoint (``--sam-checkpoint``, or a random one in the official format built
 here: the speed is the same).  The text encoder defaults to the offline all-MiniLM-L6-v2 (``minilm``).
 Goals on 2 CPU cores: vit_b one prompt on the whole CT <= 30 s; each further prompt <= 10 % of the first.
 
-    .venv/bin/python benchmarks/bench_server.py [--presets vit_b small] [--repeats 1] [--json out.json]
+    .venv/bin/python benchmarks/bench_server.py [--presets vit_b small] [--repeats 1] [--kits] [--json out.json]
+    .venv/bin/python benchmarks/bench_server.py --presets --kits   # the KiTS-sized CT only
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from server_process import MonaiLabelServer  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from kits_volume import kits_like_ct  # noqa: E402
+from rss_sampler import PeakRSS  # noqa: E402
 
 SHARED = (REPO.parent / "shared" / "data").resolve()
 CT = SHARED / "totalsegmentator-example" / "example_ct.nii.gz"
@@ -67,11 +77,7 @@ def timed_infer(url: str, image: str, params: dict) -> tuple[float, dict]:
     return elapsed, r.json()
 
 
-def bench_preset(preset: str, args, work: Path) -> dict:
-    studies = work / f"studies_{preset}"
-    studies.mkdir()
-    shutil.copy(CT, studies / "abdomen_ct.nii.gz")
-    shutil.copy(CT, studies / "abdomen_ct_copy.nii.gz")
+def server_conf(preset: str, args, work: Path) -> dict:
     conf = {
         "preset": preset,
         "label_set": "btcv",
@@ -82,7 +88,43 @@ def bench_preset(preset: str, args, work: Path) -> dict:
         "sw_overlap": str(args.overlap),
     }
     if preset == "vit_b":
-        conf["sam_checkpoint"] = str(args.sam_checkpoint or random_sam_checkpoint(work))
+        conf["sam_checkpoint"] = str(args.sam_checkpoint or work / "sam_vit_b_random.pth")
+        if not Path(conf["sam_checkpoint"]).exists():
+            random_sam_checkpoint(work)
+    return conf
+
+
+def bench_kits(args, work: Path) -> dict:
+    """One prompt on the KiTS-sized CT with vit_b: request time and the server's peak memory."""
+    studies = work / "studies_kits"
+    studies.mkdir()
+    start = time.perf_counter()
+    kits_like_ct(CT, studies / "kits_ct.nii.gz")
+    print(f"  KiTS-sized CT generated in {time.perf_counter() - start:.0f}s", flush=True)
+    server = MonaiLabelServer(studies, server_conf("vit_b", args, work), work / "server_kits.log", startup_timeout=1800)
+    server.start()
+    try:
+        wait_until_model_ready(server.url)
+        time.sleep(3)  # the preload's writer warm-up
+        with PeakRSS(server.process.pid) as peak:
+            elapsed, r = timed_infer(server.url, "kits_ct", {"text_prompt": "CT images, abdominal organ segmentation, kidney"})
+        lat = r["latencies"]
+        out = {"preset": "vit_b (KiTS-sized CT)", "shape": [512, 512, 1059], "request_s": round(elapsed, 1),
+               "server_pre_s": lat["pre"], "server_infer_s": lat["infer"], "server_post_s": lat["post"],
+               "server_write_s": lat["write"], "rss_before_request_gib": round(peak.start_gib, 2),
+               "peak_rss_gib": round(peak.tree_gib, 2), "peak_vmhwm_gib": round(peak.hwm_gib, 2)}
+        print("  [kits] " + ", ".join(f"{k}={v}" for k, v in out.items()), flush=True)
+        return out
+    finally:
+        server.stop()
+
+
+def bench_preset(preset: str, args, work: Path) -> dict:
+    studies = work / f"studies_{preset}"
+    studies.mkdir()
+    shutil.copy(CT, studies / "abdomen_ct.nii.gz")
+    shutil.copy(CT, studies / "abdomen_ct_copy.nii.gz")
+    conf = server_conf(preset, args, work)
     server = MonaiLabelServer(studies, conf, work / f"server_{preset}.log", startup_timeout=1800)
     t0 = time.perf_counter()
     server.start()
@@ -121,7 +163,8 @@ def bench_preset(preset: str, args, work: Path) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["vit_b", "small"], choices=["vit_b", "small"])
+    parser.add_argument("--presets", nargs="*", default=["vit_b", "small"], choices=["vit_b", "small"])
+    parser.add_argument("--kits", action="store_true", help="also one prompt on a KiTS-sized CT, with the server's peak RSS")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--overlap", default="auto", help="sw_overlap: auto (the app's default) or a fraction")
     parser.add_argument("--sam-checkpoint", default=None, help="official sam_vit_b_01ec64.pth (default: random, same size)")
@@ -139,12 +182,22 @@ def main(argv=None) -> int:
         for preset in args.presets:
             print(f"== {preset}", flush=True)
             results.append(bench_preset(preset, args, Path(tmp)))
+        kits = None
+        if args.kits:
+            print("== vit_b, KiTS-sized CT", flush=True)
+            kits = bench_kits(args, Path(tmp))
     keys = ["start_to_info_s", "start_to_model_ready_s", "one_prompt_cold_s", "second_prompt_cached_s",
             "13_prompts_cached_s", "13_prompts_cold_s", "further_prompt_share_of_first", "cache_bytes_per_study_mb"]
-    print("\n| metric | " + " | ".join(r["preset"] for r in results) + " |")
-    print("|---|" + "---|" * len(results))
-    for k in keys:
-        print(f"| {k} | " + " | ".join(str(r[k]) for r in results) + " |")
+    if results:
+        print("\n| metric | " + " | ".join(r["preset"] for r in results) + " |")
+        print("|---|" + "---|" * len(results))
+        for k in keys:
+            print(f"| {k} | " + " | ".join(str(r[k]) for r in results) + " |")
+    if kits:
+        print("\n| KiTS-sized CT, vit_b, one prompt | |\n|---|---|")
+        for k, v in kits.items():
+            print(f"| {k} | {v} |")
+        results.append(kits)
     print(f"load average after: {os.getloadavg()}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import nibabel as nib
 import numpy as np
@@ -63,6 +64,14 @@ def test_info_lists_model_labels_and_text_prompt_option(server):
     assert "meaningless until the train task publishes weights" in model["description"]
     assert any("no trained RefSAM3D weights" in w for w in model["warnings"])
     assert "no trained RefSAM3D weights" in server.log()
+
+
+def test_result_writer_is_loaded_at_start_up(server):
+    """ITK loads lazily (~2 s on the first write of a process): the background preload writes once at start-up."""
+    deadline = time.time() + 120
+    while "result writer (ITK) loaded" not in server.log() and time.time() < deadline:
+        time.sleep(0.5)
+    assert "result writer (ITK) loaded" in server.log()
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
@@ -144,6 +153,8 @@ def test_no_prompt_segments_every_label_as_one_multilabel_map(server):
     values = set(np.unique(arr).tolist()) - {0}
     assert values and values <= set(LABELS.values())
     assert {LABELS[n] for n, v in params_out["voxels"].items() if v > 0} == values
+    counts = np.bincount(arr.astype(np.int64).ravel(), minlength=max(LABELS.values()) + 1)
+    assert params_out["voxels"] == {n: int(counts[v]) for n, v in LABELS.items()}  # counted on the written mask
 
 
 # ---------------------------------------------------------------------------------------------------- inputs

@@ -28,6 +28,7 @@ from lib.datastore import RefSAM3DDICOMWebDatastore
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
 from lib.infers.refsam3d import ModelUnavailableError
+from lib.infers.writer_warmup import warm_up_writer
 from lib.server.auth import install_auth
 from lib.server.datastore import harden_datastore
 from lib.server.guards import install_datastore_guards
@@ -164,6 +165,10 @@ class RefSAM3DApp(MONAILabelApp):
                     config.store.get()
                 except Exception as e:  # reported in /info and answered with 503 on inference
                     logger.error(f"RefSAM3D: the network could not be built: {e}")
+                try:  # ITK loads lazily: without this the first result file takes ~2 s to write
+                    warm_up_writer()
+                except Exception as e:  # the first request then loads it
+                    logger.warning(f"RefSAM3D: could not pre-load the result writer: {e}")
 
             threading.Thread(target=preload, name="refsam3d-preload", daemon=True).start()
 

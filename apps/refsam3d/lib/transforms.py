@@ -2,9 +2,13 @@
 
 ``load_transforms`` gives the one pipeline every part of the project uses::
 
-    LoadImaged (errors -> BadInputError) -> EnsureChannelFirstd -> CheckImaged (3D, one channel,
-    non-empty, finite) -> Orientationd("RAS") -> Spacingd (image bilinear, label nearest)
-    -> intensity by modality -> EnsureTyped(float32)
+    LoadImaged (errors -> BadInputError; integer voxels stay integer, float64 -> float32) -> EnsureChannelFirstd
+    -> CheckImaged (3D, one channel, non-empty, finite) -> Orientationd("RAS") -> Spacingd (image bilinear, label
+    nearest; output float32) -> intensity by modality -> EnsureTyped(float32)
+
+Memory and speed: the original-resolution volume is kept in its stored dtype (an int16 CT is not widened to
+float32 before it is resampled), and bilinear resampling of axis-aligned grids is separable
+(``lib/separable_spacing.py``: MONAI's result within float rounding, without its float64 copy and grids).
 
 Intensity: CT in Hounsfield units, window ``ct_window`` (default [-1000, 1000] HU) mapped to
 [0, 1] and clipped; MR by the 0.5th-99.5th percentile of the volume mapped to [0, 1] and clipped.
@@ -26,8 +30,9 @@ from monai.transforms import (
     Orientationd,
     ScaleIntensityRanged,
     ScaleIntensityRangePercentilesd,
-    Spacingd,
 )
+
+from lib.separable_spacing import SeparableSpacingd
 
 DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 MR_PERCENTILES = (0.5, 99.5)
@@ -57,7 +62,17 @@ def _short(err: BaseException, limit: int = 300) -> str:
 
 
 class SafeLoadImaged(LoadImaged):
-    """``LoadImaged`` whose failures (corrupt, truncated, empty or unknown files) become ``BadInputError(400)``."""
+    """``LoadImaged`` whose failures (corrupt, truncated, empty or unknown files) become ``BadInputError(400)``.
+
+    ``compact=True``: integer volumes keep their stored dtype and float64 ones become float32 (every later
+    step resamples to float32 anyway); otherwise ``LoadImaged``'s ``dtype`` applies.
+    """
+
+    def __init__(self, *args, compact: bool = False, **kwargs):
+        if compact:
+            kwargs["dtype"] = None
+        super().__init__(*args, **kwargs)
+        self.compact = compact
 
     def __call__(self, data, reader=None):
         d = dict(data)
@@ -72,7 +87,12 @@ class SafeLoadImaged(LoadImaged):
                 if os.path.isdir(p) and not any(os.scandir(p)):
                     raise BadInputError(f"image folder {display_name(p)} is empty (no DICOM files)", 400)
         try:
-            return super().__call__(data, reader)
+            out = super().__call__(data, reader)
+            if self.compact:
+                for key in self.key_iterator(out):
+                    if torch.is_tensor(out[key]) and out[key].dtype == torch.float64:
+                        out[key] = out[key].to(torch.float32)
+            return out
         except BadInputError:
             raise
         except Exception as e:  # nibabel / ITK / zlib / EOF errors for corrupt or truncated files
@@ -160,11 +180,11 @@ def load_transforms(
     all_keys = image_keys + ([label_key] if label_key else [])
     modes = ["bilinear"] * len(image_keys) + (["nearest"] if label_key else [])
     return [
-        SafeLoadImaged(keys=all_keys, image_only=True),
+        SafeLoadImaged(keys=all_keys, image_only=True, compact=True),
         EnsureChannelFirstd(keys=all_keys),
         CheckImaged(keys=image_keys),
         Orientationd(keys=all_keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
-        Spacingd(keys=all_keys, pixdim=tuple(float(s) for s in target_spacing), mode=modes),
+        SeparableSpacingd(keys=all_keys, pixdim=tuple(float(s) for s in target_spacing), mode=modes),
         intensity_transform(modality, image_keys, ct_window),
         EnsureTyped(keys=image_keys, dtype=torch.float32),
     ]

@@ -29,13 +29,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.transforms import MapTransform, SpatialResample
+from monai.transforms import MapTransform
 
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
 from lib.infers.click_task import parse_request, run_clicks, text_answer_keeper
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.infers.prompt_report import PromptChecks, PromptReporter
+from lib.label_resample import resample_label_map
 from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
 from lib.transforms import BadInputError, load_transforms
@@ -64,13 +65,14 @@ class RestoreGeometryd(MapTransform):
     """Resample the label map (nearest neighbour) from the pre-processed grid back onto the original image grid.
 
     Uses the pre-processed image's current affine and its ``original_affine`` / ``spatial_shape``, so it
-    undoes orientation and spacing in one step, whatever the transform history.
+    undoes orientation and spacing in one step, whatever the transform history.  The values are MONAI's
+    float32 nearest ``SpatialResample``; axis-aligned grids are restored by index gathers over the mask's
+    bounding box, as the smallest integer dtype that holds the labels (``lib/label_resample.py``).
     """
 
     def __init__(self, keys="pred", ref_image="image"):
         super().__init__(keys)
         self.ref_image = ref_image
-        self.resampler = SpatialResample(mode="nearest", padding_mode="zeros", dtype=torch.float32)
 
     def __call__(self, data):
         d = dict(data)
@@ -80,10 +82,8 @@ class RestoreGeometryd(MapTransform):
         for key in self.key_iterator(d):
             pred = d[key]
             pred = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(pred)
-            img = MetaTensor(pred.float(), affine=ref.affine.clone())
-            with self.resampler.trace_transform(False):
-                out = self.resampler(img, dst_affine=original_affine, spatial_size=spatial_shape)
-            d[key] = MetaTensor(torch.round(out.as_tensor()), affine=original_affine)
+            out = resample_label_map(pred[0], ref.affine.to(torch.float64), original_affine, spatial_shape)
+            d[key] = MetaTensor(out[None], affine=original_affine)
         return d
 
 
@@ -384,7 +384,8 @@ class RefSAM3DInfer(BasicInferTask):
     def writer(self, data: Dict[str, Any], extension=None, dtype=None):
         pred = data["pred"]
         arr = pred.as_tensor() if isinstance(pred, MetaTensor) else torch.as_tensor(np.asarray(pred))
-        values = torch.bincount(arr.flatten().long().clamp(min=0))
+        flat = arr.flatten()  # integer labels (lib/label_resample.py): counted without an int64 copy of the volume
+        values = torch.bincount(flat if not flat.is_floating_point() else flat.long().clamp(min=0))
         result = data.setdefault("result", {})
         result["voxels"] = {
             name: int(values[v]) if v < len(values) else 0 for name, v in result.get("_label_names", {}).items()
