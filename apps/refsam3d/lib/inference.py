@@ -5,9 +5,9 @@ encoding (``model.decode``), so K prompts cost one encoding plus K cheap decodes
 can be kept in a caller-owned mapping (``encodings``) keyed by window position, so a later request
 on the same volume with other prompts skips the encoder entirely (see ``lib/encoding_cache.py``).
 
-What is kept per window: the stage features (float32, small: N x C x (roi/patch)^3) and the
-prompt-independent pixel-decoder features ``mask_features`` stored as float16 (the large part:
-Cm x roi^3 x 2 bytes, e.g. 64 MiB for vit_b at 128^3).  Both are expensive to recompute (the pixel
+What is kept per window, on the device that computed it: the stage features (float32, small:
+N x C x (roi/patch)^3) and the prompt-independent pixel-decoder features ``mask_features`` stored as
+float16 (the large part: Cm x roi^3 x 2 bytes, e.g. 64 MiB for vit_b at 128^3).  Both are expensive to recompute (the pixel
 decoder costs about as much as the ViT on CPU), so both are cached; every decode reads the stored
 copy, so a first and a repeated request give identical masks.
 """
@@ -57,11 +57,12 @@ def _window_key(coord: Sequence[slice]) -> Tuple:
 
 
 def _compact(enc):
-    """The encoding as stored: stages float32 on the CPU, mask features float16 on the CPU."""
+    """The encoding as stored: stages float32, mask features float16, on the device that computed them (a GPU's
+    cached encodings stay on the GPU: no round trip through the CPU for every prompt)."""
     cls = type(enc)
     return cls(
-        [s.detach().to("cpu", torch.float32).contiguous() for s in enc.stages],
-        enc.mask_features.detach().to("cpu", STORE_DTYPE, memory_format=torch.channels_last_3d),
+        [s.detach().to(torch.float32).contiguous() for s in enc.stages],
+        enc.mask_features.detach().to(STORE_DTYPE, memory_format=torch.channels_last_3d),
         tuple(enc.input_shape),
         tuple(enc.scaled_shape),
     )
