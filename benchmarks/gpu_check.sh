@@ -20,6 +20,7 @@ REPO=$PWD
 DRY=${GPU_CHECK_DRY_RUN:-0}
 [ "${1:-}" = "--cpu-smoke" ] && DRY=1
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
+[ "$DRY" = 1 ] && BUDGET=${GPU_CHECK_BUDGET_S:-900}  # the CPU is slower, and the dry run has no device-time limit
 RESERVE=10  # seconds kept for the table
 ALL_STAGES="cuda_tests server whole_ct train_small train_vit_b compile"
 STAGES=${GPU_CHECK_STAGES:-$ALL_STAGES}

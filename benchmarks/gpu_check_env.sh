@@ -1,8 +1,8 @@
 # shellcheck shell=bash
 # Sourced by benchmarks/gpu_check.sh: setup_python sets PY (a Python with the project's requirements and, unless a
 # dry run, torch with CUDA) and DATA (the real-data folder), and writes $WORK/env.json.  Needs log, REPO, WORK, DRY.
-# Installs nothing beyond requirements.txt: the carried wheels (benchmarks/gpu_carry.sh) are requirements.txt's
-# packages that the machine's python3 lacks, at the versions the project's venv holds.
+# Installs nothing beyond requirements.txt: the carried packages (benchmarks/gpu_carry.sh) are requirements.txt's
+# packages (and their dependencies) that the machine's python3 lacks, at the versions the project's venv holds.
 
 PROBE='import sys, torch, monai, monailabel, segment_anything, transformers, nibabel
 sys.exit(0 if sys.argv[1] == "1" or torch.cuda.is_available() else 3)'
@@ -21,7 +21,7 @@ fresh_venv() {  # a venv from requirements.txt alone (needs a package registry),
   PY=$venv/bin/python
 }
 
-install_carry() {  # .gpu_carry/bundle.tar.part-* -> joined, sha256-checked, wheels into $WORK/carry/site, data
+install_carry() {  # .gpu_carry/bundle.tar.xz.part-* -> joined, sha256-checked, unpacked: site/ on PYTHONPATH, data/
   local manifest=.gpu_carry/bundle.manifest dest=$WORK/carry missing=() kind name size want
   while read -r kind name size; do
     [ "$kind" = part ] || continue
@@ -33,12 +33,13 @@ install_carry() {  # .gpu_carry/bundle.tar.part-* -> joined, sha256-checked, whe
   fi
   want=$(awk '$1 == "sha256" {print $2}' "$manifest")
   log "joining $(grep -c '^part ' "$manifest") carried parts (sha256 $want)"
-  awk '$1 == "part" {print ".gpu_carry/" $2}' "$manifest" | xargs cat >"$WORK/bundle.tar" || return 1
-  echo "$want  $WORK/bundle.tar" | sha256sum -c --quiet || { log "the joined bundle's sha256 differs"; return 1; }
-  mkdir -p "$dest" && tar -xf "$WORK/bundle.tar" -C "$dest" && rm -f "$WORK/bundle.tar" || return 1
-  log "installing $(find "$dest/wheels" -name '*.whl' | wc -l) carried wheels (--no-index --no-deps) into $dest/site"
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$dest/site" "$dest"/wheels/*.whl \
-    || return 1
+  awk '$1 == "part" {print ".gpu_carry/" $2}' "$manifest" | xargs cat >"$WORK/bundle.tar.xz" || return 1
+  echo "$want  $WORK/bundle.tar.xz" | sha256sum -c --quiet || { log "the joined bundle's sha256 differs"; return 1; }
+  mkdir -p "$dest" || return 1
+  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="fully_trusted")' \
+    "$WORK/bundle.tar.xz" "$dest" || return 1
+  rm -f "$WORK/bundle.tar.xz"
+  log "unpacked the carried packages into $dest/site (on PYTHONPATH) and the data into $dest/data"
   export PYTHONPATH=$dest/site${PYTHONPATH:+:$PYTHONPATH}
   CARRY_DATA=$dest/data
   PY=python3
