@@ -104,8 +104,8 @@ def whole_ct_rows(work: Path) -> list:
                     out.append(row(label.format(mode=mode), r[key], **judged(r[key], target, check)))
             agree = [k for k in r if k.startswith("agreement_with_")]
             if agree and name == "whole_ct.json" and mode != "fp32":
-                out.append(row(f"whole CT in-process {mode}: label agreement with fp32", r[agree[0]], ">= 0.99",
-                               "meets" if r[agree[0]] >= 0.99 else "misses"))
+                out.append(row(f"whole CT in-process {mode}: label agreement with fp32 (random weights: logits near "
+                               f"the threshold, not a quality measure)", r[agree[0]], "", "measured"))
     return out
 
 
