@@ -93,7 +93,7 @@ export REFSAM3D_TEST_DATA=$DATA
 DEVICE=cuda
 [ "$DRY" = 1 ] && DEVICE=cpu
 log "random SAM ViT-B checkpoint (official format; speed as the real one) -> $WORK"
-SAM=$("$PY" -c "import sys; sys.path[:0] = ['benchmarks', 'tests']
+SAM=$(timeout 120 "$PY" -c "import sys; sys.path[:0] = ['benchmarks', 'tests']
 from pathlib import Path; from bench_server import random_sam_checkpoint
 print(random_sam_checkpoint(Path(sys.argv[1])))" "$WORK" 2>"$WORK/sam.log" | tail -1)
 [ -s "$SAM" ] || die "could not write the random SAM checkpoint: $(tail -5 "$WORK/sam.log")"

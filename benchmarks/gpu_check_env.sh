@@ -7,7 +7,7 @@
 PROBE='import sys, torch, monai, monailabel, segment_anything, transformers, nibabel
 sys.exit(0 if sys.argv[1] == "1" or torch.cuda.is_available() else 3)'
 
-probe() { "$1" -c "$PROBE" "$DRY" >/dev/null 2>&1; }
+probe() { timeout 120 "$1" -c "$PROBE" "$DRY" >/dev/null 2>&1; }
 
 fresh_venv() {  # a venv from requirements.txt alone (needs a package registry), reused while requirements.txt is unchanged
   local venv=${GPU_CHECK_VENV:-$HOME/.cache/refsam3d-gpu-check/venv} want limit=${GPU_CHECK_PIP_TIMEOUT:-420}
@@ -36,7 +36,7 @@ install_carry() {  # .gpu_carry/bundle.tar.xz.part-* -> joined, sha256-checked, 
   awk '$1 == "part" {print ".gpu_carry/" $2}' "$manifest" | xargs cat >"$WORK/bundle.tar.xz" || return 1
   echo "$want  $WORK/bundle.tar.xz" | sha256sum -c --quiet || { log "the joined bundle's sha256 differs"; return 1; }
   mkdir -p "$dest" || return 1
-  python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="fully_trusted")' \
+  timeout 180 python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2], filter="fully_trusted")' \
     "$WORK/bundle.tar.xz" "$dest" || return 1
   rm -f "$WORK/bundle.tar.xz"
   log "unpacked the carried packages into $dest/site (on PYTHONPATH) and the data into $dest/data"
@@ -67,12 +67,12 @@ setup_python() {
   log "python: $PY ($how)"
   if ! probe "$PY"; then
     log "$PY cannot import the project's packages or sees no CUDA device:"
-    "$PY" -c "$PROBE" "$DRY"
+    timeout 120 "$PY" -c "$PROBE" "$DRY"
     return 1
   fi
   find_data || return 1
   log "data: $DATA; environment ready in $((SECONDS - t))s"
-  "$PY" - "$WORK/env.json" "$how" "$((SECONDS - t))" <<'EOF'
+  timeout 120 "$PY" - "$WORK/env.json" "$how" "$((SECONDS - t))" <<'EOF'
 import json, platform, re, sys
 import torch
 pin = re.search(r"^torch==(\S+)", open("requirements.txt").read(), re.M)
