@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from kits_volume import kits_like_ct  # noqa: E402
 from rss_sampler import PeakRSS  # noqa: E402
 
-SHARED = (REPO.parent / "shared" / "data").resolve()
+# ../shared/data beside the repository, or the folder REFSAM3D_TEST_DATA names (as in tests/conftest.py)
+SHARED = Path(os.environ.get("REFSAM3D_TEST_DATA") or REPO.parent / "shared" / "data").resolve()
 CT = SHARED / "totalsegmentator-example" / "example_ct.nii.gz"
 
 
@@ -81,12 +82,13 @@ def server_conf(preset: str, args, work: Path) -> dict:
     conf = {
         "preset": preset,
         "label_set": "btcv",
-        "target_spacing": "1.5",
+        "target_spacing": args.target_spacing,
         "text_encoder": args.text_encoder,
         "use_pretrained_model": "false",
         "model_dir": str(work / f"model_{preset}"),
         "sw_overlap": str(args.overlap),
     }
+    conf.update({k: v for k, v in (("target_spacing", args.target_spacing), ("roi_size", args.roi_size)) if v})
     if preset == "vit_b":
         conf["sam_checkpoint"] = str(args.sam_checkpoint or work / "sam_vit_b_random.pth")
         if not Path(conf["sam_checkpoint"]).exists():
@@ -169,6 +171,8 @@ def main(argv=None) -> int:
     parser.add_argument("--overlap", default="auto", help="sw_overlap: auto (the app's default) or a fraction")
     parser.add_argument("--sam-checkpoint", default=None, help="official sam_vit_b_01ec64.pth (default: random, same size)")
     parser.add_argument("--text-encoder", default="minilm")
+    parser.add_argument("--target-spacing", default="1.5", help="--conf target_spacing (mm; coarser = quick smoke runs)")
+    parser.add_argument("--roi-size", default=None, help="--conf roi_size (default: the label set's for the preset)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     if not CT.exists():
