@@ -81,9 +81,14 @@ def build_app(work: Path, preset: str, precision: str):
     cwd = os.getcwd()
     os.chdir(APP)
     try:
-        return RefSAM3DApp(str(APP), str(studies), conf)
+        app = RefSAM3DApp(str(APP), str(studies), conf)
     finally:
         os.chdir(cwd)
+    from lib.infers.writer_warmup import warm_up_writer
+
+    app._infers["refsam3d"].store.get()  # what the server's background preload does at start-up
+    warm_up_writer()
+    return app
 
 
 def bare_encoder_seconds(model, roi, windows: int, dtype) -> float:
@@ -125,7 +130,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="profile_infer_") as tmp:
         app = build_app(Path(tmp), args.preset, args.precision)
         task = app._infers["refsam3d"]
-        model, _ = task.store.get()
+        model, _ = task.store.get()  # built by build_app, as by the server's preload
         timer = PartTimer()
         timer.wrap(model.image_encoder, "forward", "image encoder")
         timer.wrap(model.pixel_decoder, "forward", "pixel decoder")

@@ -164,6 +164,20 @@ def test_mask_projection_from_float16_features_equals_the_float32_einsum():
     assert w.grad is not None and torch.isfinite(w.grad).all()
 
 
+@pytest.mark.parametrize("shape,size", [((8, 1, 8, 8, 8), (128, 128, 128)), ((2, 3, 5, 7, 4), (40, 21, 17)),
+                                        ((1, 2, 3, 4, 5), (3, 8, 2))])
+def test_separable_trilinear_upsampling_equals_interpolate(shape, size):
+    from lib.model.common import upsample_trilinear
+
+    torch.manual_seed(0)
+    x = torch.randn(shape, requires_grad=True)
+    ref = F.interpolate(x, size=size, mode="trilinear", align_corners=False)
+    out = upsample_trilinear(x, size)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out.sum().backward()  # differentiable, for training
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
 def test_pixel_decoder_in_place_activation_matches_training_mode(shared_tiny_text):
     """Without gradients the last GELU runs in place: the same mask features as with autograd."""
     from lib.model import build_refsam3d

@@ -135,9 +135,9 @@ def sliding_window_segment(
                 if enc is None:
                     enc = encode_window(model, window[b : b + 1], device, precision)
                     store[key] = enc
-                logits = model.decode(_expand(enc, device), text)  # [1, K, *roi]
-                outs.append(torch.sigmoid(logits.float()))
-            return torch.cat(outs, dim=0)
+                logits = model.decode(_expand(enc, device), text)  # [1, K, *roi], a fresh tensor
+                outs.append(logits.float().sigmoid_())
+            return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
         probs = sliding_window_inference(
             x,
@@ -173,6 +173,21 @@ def mirror_averaged(predict: Callable[[torch.Tensor], torch.Tensor], image: torc
     return total / len(combos)
 
 
+def _counts_and_sums(labels: torch.Tensor, probs: torch.Tensor, n: int, with_sums: bool,
+                     slab_voxels: int = 1 << 20) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Voxels per label value ``0..n-1`` of ``labels`` (int32), and (``with_sums``) the float64 sum of ``probs``
+    over each, a depth slab at a time: no int64 / float64 copy of the whole volume."""
+    counts = torch.zeros(n, dtype=torch.int64)
+    sums = torch.zeros(n, dtype=torch.float64) if with_sums else None
+    step = max(1, slab_voxels // max(1, labels[0].numel()))
+    for z in range(0, labels.shape[0], step):
+        lab = labels[z:z + step].flatten()
+        counts += torch.bincount(lab, minlength=n)
+        if sums is not None:
+            sums += torch.bincount(lab, weights=probs[z:z + step].flatten().double(), minlength=n)
+    return counts, sums
+
+
 def segment_prompts(
     model,
     image: torch.Tensor,
@@ -206,8 +221,11 @@ def segment_prompts(
         if keep is not None:
             for i in range(probs.shape[0]):
                 keep(start + i, probs[i])
-        p, i = probs.max(dim=0)  # [D, H, W]
-        i = i.to(torch.int32) + (start + 1)
+        if probs.shape[0] == 1:  # one prompt: no arg-max to take
+            p, i = probs[0], torch.full(probs.shape[1:], start + 1, dtype=torch.int32, device=probs.device)
+        else:
+            p, i = probs.max(dim=0)  # [D, H, W]
+            i = i.to(torch.int32).add_(start + 1)
         if best_p is None:
             best_p, best_i = p, i
         else:
@@ -216,9 +234,8 @@ def segment_prompts(
             best_i = torch.where(better, i, best_i)
         del probs
     assert best_p is not None and best_i is not None
-    labels = torch.where(best_p >= threshold, best_i, torch.zeros_like(best_i)).cpu()
-    counts = torch.bincount(labels.flatten().long(), minlength=len(prompts) + 1)
+    labels = best_i.masked_fill_(best_p < threshold, 0).cpu()
+    counts, sums = _counts_and_sums(labels, best_p.cpu(), len(prompts) + 1, confidences is not None)
     if confidences is not None:
-        sums = torch.bincount(labels.flatten().long(), weights=best_p.cpu().flatten().double(), minlength=len(prompts) + 1)
         confidences.update({k: float(sums[k] / counts[k]) if counts[k] else None for k in range(1, len(prompts) + 1)})
     return labels, {k: int(counts[k]) for k in range(1, len(prompts) + 1)}

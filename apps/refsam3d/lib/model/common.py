@@ -30,6 +30,34 @@ class LayerNorm3d(nn.Module):
         return y.permute(0, 4, 1, 2, 3)  # [B, C, D, H, W]
 
 
+def _linear_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """``[n_out, n_in]`` matrix of 1D linear interpolation with ``align_corners=False`` (PyTorch's rule: source
+    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0, neighbours ``floor`` and ``floor + 1`` capped at ``n_in - 1``)."""
+    src = ((torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
+    lo = src.floor().long().clamp(max=n_in - 1)
+    hi = (lo + 1).clamp(max=n_in - 1)
+    frac = (src - lo).clamp(max=1.0)
+    weights = torch.zeros(n_out, n_in, dtype=torch.float64, device=device)
+    rows = torch.arange(n_out, device=device)
+    weights.index_put_((rows, lo), 1.0 - frac, accumulate=True)
+    weights.index_put_((rows, hi), frac, accumulate=True)
+    return weights.float()
+
+
+def upsample_trilinear(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="trilinear", align_corners=False)`` for ``[N, C, d, h, w]`` as three small
+    matrix products (trilinear weights are separable): the same values within float rounding, several times
+    faster for large upsampling factors (e.g. the decoder's 8^3 -> 128^3 token-grid term), in float32."""
+    n, c, d, h, w = x.shape
+    out_d, out_h, out_w = (int(s) for s in size)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        y = x.float().reshape(n * c, d, h, w)
+        y = y @ _linear_weights(w, out_w, x.device).t()  # [NC, d, h, W]
+        y = _linear_weights(h, out_h, x.device) @ y  # [NC, d, H, W]
+        y = _linear_weights(d, out_d, x.device) @ y.reshape(n * c, d, out_h * out_w)  # [NC, D, H*W]
+    return y.view(n, c, out_d, out_h, out_w)
+
+
 class PatchConvTranspose3d(nn.ConvTranspose3d):
     """``ConvTranspose3d`` with ``kernel_size == stride`` (non-overlapping "un-patching").
 

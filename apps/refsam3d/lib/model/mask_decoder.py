@@ -20,10 +20,9 @@ from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.networks.blocks import UnetResBlock
 
-from .common import MLP, LayerNorm3d, PatchConvTranspose3d
+from .common import MLP, LayerNorm3d, PatchConvTranspose3d, upsample_trilinear
 from .transformer import TwoWayTransformer
 
 
@@ -118,18 +117,23 @@ def project_mask_features(mask_features: torch.Tensor, weights: torch.Tensor, bi
     ``[B, K, D, H, W]`` in the weights' dtype.
 
     When ``M`` is stored at a lower precision than the weights (e.g. the float16 encodings the server caches)
-    and no gradient is needed, ``M`` is converted one depth slab (~``slab_voxels`` voxels) at a time, so a full
-    float32 copy of ``M`` (Cm x D x H x W x 4 bytes, 128 MiB for a 128^3 window) is never made."""
+    and no gradient is needed, ``M`` is converted one depth slab (~``slab_voxels`` voxels) at a time into one
+    reused buffer and multiplied straight into the output: no float32 copy of ``M`` (128 MiB for a 128^3
+    window) and no fresh memory per slab (on CPU, fresh pages cost more than the arithmetic)."""
     m = mask_features.permute(0, 2, 3, 4, 1)  # [B, D, H, W, Cm] (a view for channels_last_3d)
-    b, d, h, w, _ = m.shape
-    dtype = weights.dtype
+    b, d, h, w, c = m.shape
+    k, dtype = weights.shape[1], weights.dtype
     if m.dtype == dtype or torch.is_grad_enabled():
         return torch.einsum("bdhwc,bkc->bkdhw", m.to(dtype), weights) + bias[..., None, None, None]
-    out = torch.empty(b, weights.shape[1], d, h, w, dtype=dtype, device=m.device)
-    step = max(1, slab_voxels // max(1, h * w))
-    for z in range(0, d, step):
-        slab = m[:, z:z + step].to(dtype)  # [B, s, H, W, Cm]
-        out[:, :, z:z + step] = torch.einsum("bdhwc,bkc->bkdhw", slab, weights)
+    out = torch.empty(b, k, d, h, w, dtype=dtype, device=m.device)
+    step = max(1, min(d, slab_voxels // max(1, h * w)))
+    buffer = torch.empty(step, h, w, c, dtype=dtype, device=m.device)
+    for i in range(b):
+        for z in range(0, d, step):
+            n = min(step, d - z)
+            slab = buffer[:n]
+            slab.copy_(m[i, z:z + n])  # [n, H, W, Cm] -> float32, in place
+            torch.mm(weights[i], slab.view(-1, c).t(), out=out[i, :, z:z + n].view(k, -1))  # [K, n*H*W]
     return out.add_(bias[..., None, None, None])
 
 
@@ -175,6 +179,6 @@ class MaskDecoder3D(nn.Module):
         weights, bias = hyper[..., :-1], hyper[..., -1]  # [B, K, Cm], [B, K]
         fine = project_mask_features(mask_features, weights, bias)  # [B, K, D, H, W]
         coarse = torch.einsum("bnc,bc->bn", src_out, self.coarse_mlp(mask_token)) / math.sqrt(c)  # [B*K, N]
-        coarse = F.interpolate(coarse.view(b * k, 1, *grid).float(), size=fine.shape[-3:], mode="trilinear", align_corners=False)
+        coarse = upsample_trilinear(coarse.view(b * k, 1, *grid), fine.shape[-3:])  # [B*K, 1, D, H, W], float32
         coarse = coarse.view(b, k, *fine.shape[-3:]).to(fine.dtype)
         return fine + coarse if torch.is_grad_enabled() else fine.add_(coarse)  # [B, K, D, H, W]
