@@ -7,8 +7,8 @@ runs, ``sw_overlap auto``, prompts decoded 8 at a time) for: one prompt cold (en
 cached encoding, the 13 BTCV prompts cold and cached.  Times are medians of ``--repeats`` after one warm-up run
 (``torch.cuda.synchronize`` before each reading).  Modes:
 
-* ``fp32``: what the server runs today;
-* ``bf16``: the same call inside ``torch.autocast(device, bfloat16)`` (the server has no such option yet);
+* ``fp32``: the server with ``--conf precision float32`` (and ``auto`` on a GPU without bf16);
+* ``bf16``: the same call with the image encoding under bf16 autocast, as the server's ``--conf precision bfloat16``;
 * ``bf16-compile``: bf16 with ``torch.compile`` on the image encoder and the pixel decoder (compile time reported).
 
 Each mode's 13-prompt label map is compared with the first mode's (voxel agreement).  Random weights (the speed
@@ -21,7 +21,6 @@ is the same as trained ones).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -80,11 +79,12 @@ def time_mode(model, image, prompts, roi, device, mode: str, repeats: int) -> di
             torch.cuda.synchronize(device)
 
     def run(texts, encodings):
-        ctx = torch.autocast(device.type, dtype=torch.bfloat16) if mode.startswith("bf16") else contextlib.nullcontext()
+        precision = torch.bfloat16 if mode.startswith("bf16") else None  # as the server's --conf precision
         sync()
         t = time.perf_counter()
-        with torch.inference_mode(), ctx:
-            labels, _ = segment_prompts(model, image[None], texts, roi, "auto", 1, device, encodings, chunk=8)
+        with torch.inference_mode():
+            labels, _ = segment_prompts(model, image[None], texts, roi, "auto", 1, device, encodings, chunk=8,
+                                        precision=precision)
         sync()
         return time.perf_counter() - t, labels
 
