@@ -9,10 +9,13 @@ import torch
 def test_auto_precision_is_bf16_only_where_it_is_fast(monkeypatch):
     import lib.precision as precision
 
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "avx512f"}))
+    assert precision.resolve_precision("auto", "cpu") is None  # no native bf16: float32
+    assert precision.resolve_precision("bfloat16", "cpu") is torch.bfloat16  # unless asked for
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
-    assert precision.resolve_precision("auto", "cpu") is None  # AVX512-BF16 alone: opt in with "bfloat16"
-    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16", "amx_bf16", "amx_tile"}))
-    assert precision.resolve_precision("auto", "cpu") is torch.bfloat16  # AMX: bf16 by default
+    assert precision.resolve_precision("auto", "cpu") is torch.bfloat16  # AVX512-BF16
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"amx_bf16", "amx_tile"}))
+    assert precision.resolve_precision("auto", "cpu") is torch.bfloat16  # AMX
     assert precision.resolve_precision("float32", "cpu") is None
     assert precision.resolve_precision(" BFloat16 ", "cpu") is torch.bfloat16
     if not torch.cuda.is_available():

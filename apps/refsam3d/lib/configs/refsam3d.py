@@ -17,7 +17,7 @@
 ``modality``                ``CT`` or ``MR``: overrides the label set's intensity handling
 ``device``                  ``auto`` (default), ``cpu``, ``cuda``, ``cuda:1``
 ``precision``               image encoding under ``bfloat16`` autocast, or ``float32``; ``auto`` (default):
-                            bf16 on CUDA GPUs that support it and on CPUs with AMX (``lib/precision.py``)
+                            bf16 on CUDA GPUs that support it and on CPUs with AMX or AVX512-BF16 (``lib/precision.py``)
 ``cache_size_mb``           memory for cached studies and encodings, default 2048 (0 disables)
 ``max_prompt_chars``        longest accepted ``text_prompt``, default 500
 ``min_prompt_similarity``   a prompt less similar than this (cosine, -1..1) to every phrasing the weights
