@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "refsam3d"
 sys.path.insert(0, str(APP))
 sys.path.insert(0, str(REPO / "benchmarks"))
-CT = (REPO.parent / "shared" / "data" / "totalsegmentator-example" / "example_ct.nii.gz").resolve()
+from bench_server import CT  # noqa: E402  (the same CT, also under REFSAM3D_TEST_DATA)
 
 
 class PartTimer:
@@ -177,7 +177,9 @@ def main(argv=None) -> int:
             observer.join()
 
     cold = runs["one prompt, cold"]
-    summary = {"preset": args.preset, "precision": str(task.precision or "float32").replace("torch.", ""),
+    from lib.precision import precision_name
+
+    summary = {"preset": args.preset, "precision": precision_name(task.precision),
                "windows": windows, "bare_encoder_s": round(bare, 2) if bare else None,
                "runs": runs,
                "cold_over_bare_encoder": round(cold["wall_s"] / bare, 2) if bare else None,

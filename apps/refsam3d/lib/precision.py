@@ -46,6 +46,11 @@ def resolve_precision(setting: str, device: str | torch.device) -> Optional[torc
     return torch.bfloat16 if kind == "cpu" and cpu_flags() & {"amx_bf16", "avx512_bf16"} else None
 
 
+def precision_name(dtype: Optional[torch.dtype]) -> str:
+    """``"bfloat16"`` / ``"float32"`` (None) for /info, logs and benchmark reports."""
+    return str(dtype).replace("torch.", "") if dtype is not None else "float32"
+
+
 def encoding_autocast(device: str | torch.device, dtype: Optional[torch.dtype]):
     """Autocast context for the image encoding (a no-op for float32)."""
     if dtype is None:

@@ -40,7 +40,7 @@ from lib.encoding_cache import EncodingCache
 from lib.infers.prompt_report import DEFAULT_MIN_SIMILARITY, PromptChecks
 from lib.infers.click_tasks import click_task_options
 from lib.infers.refsam3d import RefSAM3DInfer
-from lib.precision import resolve_precision
+from lib.precision import precision_name, resolve_precision
 from lib.labelsets import LabelSet, available_label_sets, load_label_set
 from lib.model_store import ModelStore
 
@@ -162,7 +162,8 @@ class RefSAM3DConfig(TaskConfig):
         logger.info(
             f"RefSAM3D: preset={self.preset} label_set={self.label_set.name} ({len(self.labels)} labels, "
             f"{self.modality}) spacing={self.target_spacing} roi={self.roi_size} overlap={self.sw_overlap_setting} "
-            f"device={self.store.device} precision={self.precision or 'float32'} cache={cache_mb:.0f} MiB; available label sets: {available_label_sets()}"
+            f"device={self.store.device} precision={precision_name(self.precision)} cache={cache_mb:.0f} MiB; "
+            f"available label sets: {available_label_sets()}"
         )
         if not self.store.has_trained_weights():  # the other warnings were logged by the ModelStore
             logger.warning(f"RefSAM3D: {self.store.warnings()[0]}")

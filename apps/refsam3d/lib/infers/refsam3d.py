@@ -39,6 +39,7 @@ from lib.infers.prompt_report import PromptChecks, PromptReporter
 from lib.label_resample import resample_label_map
 from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
+from lib.precision import precision_name
 from lib.transforms import BadInputError, load_transforms
 from lib.weights_card import headline, knows_line, read_extra, read_summary
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -183,7 +184,7 @@ class RefSAM3DInfer(BasicInferTask):
             "target_spacing": list(self.target_spacing),
             "roi_size": list(self.roi_size),
             "sw_overlap": self.sw_overlap,
-            "precision": str(self.precision).replace("torch.", "") if self.precision else "float32",
+            "precision": precision_name(self.precision),
             "weights": {**self.store.status(), "card": card},
             "warnings": warnings,
             "cache": self.cache.stats(),

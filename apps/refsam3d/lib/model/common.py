@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Optional, Type
 
 import torch
@@ -30,9 +31,11 @@ class LayerNorm3d(nn.Module):
         return y.permute(0, 4, 1, 2, 3)  # [B, C, D, H, W]
 
 
+@functools.lru_cache(maxsize=64)
 def _linear_weights(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     """``[n_out, n_in]`` matrix of 1D linear interpolation with ``align_corners=False`` (PyTorch's rule: source
-    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0, neighbours ``floor`` and ``floor + 1`` capped at ``n_in - 1``)."""
+    ``(i + 0.5) * n_in / n_out - 0.5``, clamped at 0, neighbours ``floor`` and ``floor + 1`` capped at ``n_in - 1``).
+    Cached per size and device (built once, not on every decode); callers must not modify it."""
     src = ((torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5).clamp(min=0)
     lo = src.floor().long().clamp(max=n_in - 1)
     hi = (lo + 1).clamp(max=n_in - 1)
