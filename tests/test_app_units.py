@@ -208,26 +208,28 @@ def test_model_store_offline_never_raises_and_says_what_is_missing(tmp_path, mon
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     store = ModelStore(tmp_path, "vit_b", use_pretrained_model=True, sam_url="http://127.0.0.1:9/sam_vit_b_01ec64.pth",
-                       text_encoder="no-such-org/no-such-text-model", download_timeout=5)
+                       text_encoder="no-such-org/no-such-text-model")
     text = " ".join(store.warnings())
     assert store.sam_checkpoint is None and "SAM ViT-B weights could not be downloaded" in text
     assert "randomly initialised" in text and "meaningless" in text
     assert store.text_encoder == str(minilm_folder()) and "all-MiniLM-L6-v2" in text
     assert "no trained RefSAM3D weights" in store.warnings()[0]
-    assert not list(tmp_path.glob("*.part"))  # no half-downloaded file left behind
+    assert not [p.name for p in tmp_path.iterdir() if p.is_file()]  # no half-downloaded file left behind
 
     local = ModelStore(tmp_path, "small", use_pretrained_model=False, text_encoder="minilm")
     assert local.text_encoder == str(minilm_folder()) and len(local.warnings()) == 1  # only "not trained yet"
 
 
 def test_sam_download_checks_the_hash_and_leaves_an_ordinary_readable_file(tmp_path):
-    """A real HTTP download from 127.0.0.1: mkstemp's 0600 must not reach the published weights."""
+    """A real HTTP download from 127.0.0.1 (torch.hub's downloader): a wrong hash leaves nothing, the weights get
+    the mode open() gives, not a temporary file's 0600."""
     import functools
     import hashlib
     import http.server
+    from urllib.error import URLError
 
-    from lib.model import new_file_mode
-    from lib.model_store import download_sam_vit_b
+    from lib.atomic_files import new_file_mode
+    from lib.model_store import SAM_VIT_B_SHA256, download_sam_vit_b
 
     served = tmp_path / "served"
     served.mkdir()
@@ -240,13 +242,21 @@ def test_sam_download_checks_the_hash_and_leaves_an_ordinary_readable_file(tmp_p
     old_umask = os.umask(0o027)
     try:
         assert (new_file_mode(), new_file_mode(directory=True)) == (0o640, 0o750)
-        dest = download_sam_vit_b(tmp_path / "model" / "sam_vit_b_01ec64.pth", url=url, sha256_prefix=digest[:6])
+        dest = tmp_path / "model" / "sam_vit_b_01ec64.pth"
+        with pytest.raises(RuntimeError, match="invalid hash value"):  # the official SHA-256 is not this file's
+            download_sam_vit_b(dest, url=url)
+        assert not dest.parent.exists() or not list(dest.parent.iterdir())  # nothing at (or beside) the final path
+        assert download_sam_vit_b(dest, url=url, sha256=digest) == dest
         assert dest.read_bytes() == (served / "sam.pth").read_bytes()
         assert stat.S_IMODE(dest.stat().st_mode) == 0o640  # what open() gives under umask 027, not 0600
-        with pytest.raises(RuntimeError, match="SHA-256"):
-            download_sam_vit_b(dest, url=url, sha256_prefix=("1" if digest[0] == "0" else "0") + digest[1:6])
+        with pytest.raises(RuntimeError, match="invalid hash value"):
+            download_sam_vit_b(dest, url=url, sha256=("1" if digest[0] == "0" else "0") + digest[1:6])
         assert dest.read_bytes() == (served / "sam.pth").read_bytes()  # a bad download replaces nothing
-        assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # and leaves no .part behind
+        assert sorted(p.name for p in dest.parent.iterdir()) == [dest.name]  # and leaves no .partial behind
+        with pytest.raises(URLError):  # nothing listens: a loud error, not a silent fallback
+            download_sam_vit_b(tmp_path / "offline" / dest.name, url=f"http://127.0.0.1:9/{dest.name}")
+        assert not list((tmp_path / "offline").iterdir())
+        assert len(SAM_VIT_B_SHA256) == 64  # the whole official digest is checked, not a prefix
     finally:
         os.umask(old_umask)
         server.shutdown()

@@ -108,7 +108,7 @@ def test_small_checkpoint_roundtrip(tmp_path, shared_tiny_text):
 
 
 def test_saved_checkpoint_gets_the_mode_open_would_give_and_keeps_a_replaced_files_mode(tmp_path, shared_tiny_text):
-    """Atomic writes go through ``mkstemp`` (0600): the published file must still be readable as usual."""
+    """Atomic writes go through a temporary file: the published file must still be readable as usual."""
     from lib.model import save_checkpoint, update_checkpoint_extra
 
     m = quiet_build("small", text_encoder=shared_tiny_text, embed_dim=32, decoder_dim=16)

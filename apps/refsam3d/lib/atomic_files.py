@@ -17,10 +17,29 @@ import time
 from pathlib import Path
 from typing import Callable, Union
 
-from lib.model.checkpoint import new_file_mode
-
 CHUNK = 1 << 20
 TEST_DELAY_ENV = "REFSAM3D_TEST_WRITE_DELAY_S"
+
+
+def new_file_mode(directory: bool = False) -> int:
+    """What ``open()`` (0666) or ``mkdir()`` (0777) would create under the process's umask.
+
+    For files made by ``mkstemp`` / ``mkdtemp`` (always 0600 / 0700) before they are renamed into place.
+    """
+    return (0o777 if directory else 0o666) & ~_read_umask()
+
+
+def _read_umask() -> int:
+    try:  # Linux: read it without changing it (setting it, even briefly, races with other threads' files)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # elsewhere, reading the umask means setting it (pip does the same)
+    os.umask(umask)
+    return umask
 
 
 def _test_delay() -> float:

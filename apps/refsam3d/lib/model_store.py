@@ -16,25 +16,27 @@ warning (``warnings()``), logged once and shown in ``/info``, and the server ser
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from lib.atomic_files import new_file_mode
+
 logger = logging.getLogger(__name__)
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 SAM_VIT_B_FILE = "sam_vit_b_01ec64.pth"
-SAM_VIT_B_SHA256_PREFIX = "01ec64"  # SAM names its files after the first hex digits of the SHA-256
+# the official file's SHA-256 (375,042,383 bytes); the "01ec64" in its name is the start of its MD5, not of this
+SAM_VIT_B_SHA256 = "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
 DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 HF_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "vocab*", "merges*", "spiece*"]
@@ -62,33 +64,18 @@ def _is_hf_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").exists()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def download_sam_vit_b(dest: Path, url: str = SAM_VIT_B_URL, sha256: str = SAM_VIT_B_SHA256) -> Path:
+    """Download the official SAM ViT-B checkpoint with ``torch.hub.download_url_to_file``.
 
-
-def download_sam_vit_b(dest: Path, url: str = SAM_VIT_B_URL, timeout: float = 30.0,
-                       sha256_prefix: str = SAM_VIT_B_SHA256_PREFIX) -> Path:
-    """Download the official SAM ViT-B checkpoint atomically (``.part`` then rename) and check its hash."""
+    torch writes a ``<dest>.<uuid>.partial`` file in ``dest``'s folder (``open()``'s mode, not mkstemp's 0600),
+    checks that its SHA-256 starts with ``sha256`` and only then renames it to ``dest``: an interrupted or wrong
+    download raises (``URLError``, ``RuntimeError: invalid hash value``) and leaves ``dest`` as it was.
+    torch sets no timeout of its own: an unreachable host fails at once or after the OS's connect timeout.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=str(dest.parent))
-    os.close(fd)
-    os.chmod(tmp, _model_api().new_file_mode())  # mkstemp's 0600 would make the weights readable by their owner only
-    try:
-        logger.info(f"Downloading SAM ViT-B weights from {url} into {dest} (375 MB) ...")
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out, length=1 << 22)
-        digest = _sha256(Path(tmp))
-        if not digest.startswith(sha256_prefix):
-            raise RuntimeError(f"downloaded file has SHA-256 {digest[:12]}..., expected {sha256_prefix}...")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    logger.info(f"Downloading SAM ViT-B weights from {url} into {dest} (375 MB) ...")
+    torch.hub.download_url_to_file(url, str(dest), hash_prefix=sha256, progress=sys.stderr.isatty())
+    return dest
 
 
 def download_text_encoder(name: str, dest: Path) -> Path:
@@ -97,7 +84,7 @@ def download_text_encoder(name: str, dest: Path) -> Path:
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".", suffix=".part", dir=str(dest.parent)))
-    os.chmod(tmp, _model_api().new_file_mode(directory=True))  # mkdtemp's 0700, as for the SAM file
+    os.chmod(tmp, new_file_mode(directory=True))  # mkdtemp's 0700 would hide the model from other readers
     try:
         snapshot_download(repo_id=name, local_dir=str(tmp), allow_patterns=HF_ALLOW_PATTERNS)
         if not any(tmp.glob("*.safetensors")):  # older repositories only have pytorch_model.bin
@@ -132,14 +119,12 @@ class ModelStore:
         text_encoder: Optional[str] = None,
         use_pretrained_model: bool = True,
         device: Optional[str] = None,
-        download_timeout: float = 30.0,
         sam_url: str = SAM_VIT_B_URL,
     ):
         self.model_dir = Path(model_dir)
         self.preset = str(preset)
         self.use_pretrained_model = bool(use_pretrained_model)
         self.device = self._resolve_device(device)
-        self.download_timeout = float(download_timeout)
         self.sam_url = sam_url or SAM_VIT_B_URL
         self._lock = threading.RLock()
         self._warnings: List[str] = []
@@ -204,7 +189,7 @@ class ModelStore:
             return str(path)
         if self.use_pretrained_model:
             try:
-                return str(download_sam_vit_b(path, url=self.sam_url, timeout=self.download_timeout))
+                return str(download_sam_vit_b(path, url=self.sam_url))
             except Exception as e:  # noqa: BLE001 - offline, proxy, disk full ...: never fatal
                 self._warn(
                     f"SAM ViT-B weights could not be downloaded from {self.sam_url} ({_brief(e)}): the image encoder is randomly initialised, so masks are meaningless until "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -24,17 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional
 
-from lib.atomic_files import atomic_write_text
+from lib.atomic_files import atomic_write_text, new_file_mode
 
 DEFAULT_KEEP = 5
 
 
 def describe_weights(path: Path) -> Dict[str, Any]:
     """What a checkpoint file is (label set, validation / test Dice, the run that made it); never raises."""
-    from lib.model_store import _sha256
     from lib.weights_card import summarise_extra
 
-    out: Dict[str, Any] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    with open(path, "rb") as f:
+        sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    out: Dict[str, Any] = {"bytes": path.stat().st_size, "sha256": sha256}
     try:
         from lib.model import read_checkpoint
 
@@ -119,8 +121,6 @@ class WeightsHistory:
         try:
             # copied first: archiving the served file may prune the very version being restored
             shutil.copyfile(self.folder / entry["file"], tmp)  # a new mtime: the serving ModelStore reloads it
-            from lib.model import new_file_mode
-
             os.chmod(tmp, new_file_mode())  # mkstemp's 0600 would hide the weights from other readers
             self.archive_current(f"replaced by the restore of version {version_id}")
             os.replace(tmp, self.published)

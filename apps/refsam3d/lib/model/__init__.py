@@ -8,7 +8,7 @@ stage outputs of the encoder), ``transformer.py`` + ``mask_decoder.py`` (Sec. II
 """
 
 from .build import PRESETS, build_refsam3d, resolve_config
-from .checkpoint import (CheckpointError, load_checkpoint, new_file_mode, read_checkpoint, save_checkpoint,
+from .checkpoint import (CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint,
                          update_checkpoint_extra)
 from .refsam3d import ImageEncoding, PromptEmbedding, RefSAM3D
 from .sam_checkpoint import SamCheckpointError, load_sam_checkpoint, read_sam_state_dict
@@ -17,6 +17,6 @@ from .text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder, TextFeatures
 __all__ = [
     "PRESETS", "build_refsam3d", "resolve_config", "RefSAM3D", "ImageEncoding", "PromptEmbedding",
     "TextEncoder", "TextFeatures", "DEFAULT_TEXT_ENCODER", "save_checkpoint", "load_checkpoint", "read_checkpoint",
-    "update_checkpoint_extra", "new_file_mode",
+    "update_checkpoint_extra",
     "CheckpointError", "load_sam_checkpoint", "read_sam_state_dict", "SamCheckpointError",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -59,18 +59,23 @@ def update_checkpoint_extra(path: Union[str, Path], **extra: Any) -> Path:
 
 
 def _atomic_save(payload: dict[str, Any], path: Path) -> Path:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """``torch.save`` to a hidden temporary file in the same folder, fsync, then rename over ``path``.
+
+    The temporary file is created by ``open()`` (0666 minus the umask, as any new file); a replaced file keeps
+    its own mode."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        os.fchmod(fd, _file_mode(path))  # mkstemp's 0600 would otherwise replace the published file's mode
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
+            try:
+                os.fchmod(f.fileno(), stat.S_IMODE(os.stat(path).st_mode))
+            except FileNotFoundError:  # a new file: open()'s mode
+                pass
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -162,33 +167,3 @@ def load_checkpoint(
                       "those parts start untrained (text-only answers are unchanged); fine-tune to train them",
                       stacklevel=2)
     return model.to(map_location)
-
-
-def _file_mode(path: Path) -> int:
-    """The mode of the file being replaced, else what ``open()`` would create (0666 minus the umask)."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        return new_file_mode()
-
-
-def new_file_mode(directory: bool = False) -> int:
-    """What ``open()`` (0666) or ``mkdir()`` (0777) would create under the process's umask.
-
-    For files made by ``mkstemp`` / ``mkdtemp`` (always 0600 / 0700) before they are renamed into place.
-    """
-    umask = _read_umask()
-    return (0o777 if directory else 0o666) & ~umask
-
-
-def _read_umask() -> int:
-    try:  # Linux: read it without changing it (setting it, even briefly, races with other threads' files)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    umask = os.umask(0o022)  # elsewhere, reading the umask means setting it (pip does the same)
-    os.umask(umask)
-    return umask

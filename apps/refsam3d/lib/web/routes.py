@@ -51,7 +51,8 @@ def versions_payload(store, history: WeightsHistory) -> Dict[str, Any]:
 def replace_by_upload(store, history: WeightsHistory, file: UploadFile) -> Dict[str, Any]:
     """Check the upload is a readable RefSAM3D checkpoint (else 400, nothing changed), keep the served weights as a
     version, then rename the upload over the published file (atomic, unlike MONAI Label's copy)."""
-    from lib.model import new_file_mode, read_checkpoint
+    from lib.atomic_files import new_file_mode
+    from lib.model import read_checkpoint
     from monailabel.utils.others.generic import file_checksum
 
     published = Path(store.published_path)
