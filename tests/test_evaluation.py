@@ -245,3 +245,31 @@ def test_mirroring_option_changes_the_probabilities_of_a_real_network(hippocampu
         flipped = adapter(()).predict_probs(x.flip(2), ["anterior", "posterior"]).flip(1)
     assert (mirrored - one_pass).abs().max() > 1e-3
     torch.testing.assert_close(mirrored, (one_pass + flipped) / 2)
+
+
+def test_mirrored_predictions_plain_pass_first_then_each_flip_flipped_back():
+    """The uncertainty scoring compares these two passes; mirror_averaged averages them."""
+    from lib.inference import mirror_averaged, mirrored_predictions
+
+    image = torch.arange(2 * 3 * 4, dtype=torch.float32).view(1, 1, 2, 3, 4)
+
+    def predict(x):
+        return x.cumsum(dim=4)
+
+    plain, mirrored = mirrored_predictions(predict, image, (2,))
+    torch.testing.assert_close(plain, predict(image))
+    torch.testing.assert_close(mirrored, predict(image.flip(4)).flip(4))
+    assert not torch.equal(plain, mirrored)
+    torch.testing.assert_close(mirror_averaged(predict, image, (2,)), (plain + mirrored) / 2)
+
+
+def test_dice_where_present_masks_and_label_maps_agree_and_leave_out_absent_labels():
+    from lib.evaluation import dice_where_present
+
+    y = torch.tensor([[0, 1, 1, 2, 2, 0, 0, 0]])  # label 4 in neither, 3 only in the prediction
+    p = torch.tensor([[0, 1, 0, 0, 0, 3, 0, 0]])
+    by_index = dice_where_present(p, y, num_classes=5)
+    assert by_index[1:] == [pytest.approx(2 / 3), 0.0, 0.0, None]
+    one_hot = dice_where_present(torch.stack([p == k for k in range(5)]), torch.stack([y == k for k in range(5)]))
+    assert one_hot == by_index
+    assert case_metrics(torch.stack([p == 4]), torch.stack([y == 4]), metrics=("dice",))["dice"] == [1.0]  # scored 1

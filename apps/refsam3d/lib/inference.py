@@ -15,7 +15,7 @@ copy, so a first and a repeated request give identical masks.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Hashable, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -155,22 +155,28 @@ def sliding_window_segment(
     return probs.clamp_(0.0, 1.0)
 
 
-def mirror_averaged(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-                    axes: Sequence[int] = ()) -> torch.Tensor:
-    """nnU-Net's mirroring test-time augmentation: the mean of ``predict`` over every combination of
-    flips of the spatial ``axes`` (0, 1, 2 of ``[B, C, D, H, W]``), each flipped back; ``axes=()`` is one
-    plain pass. ``2 ** len(axes)`` passes; use the flips the model was trained with."""
+def mirrored_predictions(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                         axes: Sequence[int] = ()) -> Iterator[torch.Tensor]:
+    """``predict`` over every combination of flips of the spatial ``axes`` (0, 1, 2 of ``[B, C, D, H, W]``), each
+    flipped back, the plain pass first: ``2 ** len(axes)`` passes, one at a time."""
     axes = sorted({int(a) for a in axes})
     if any(a not in (0, 1, 2) for a in axes):
         raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
-    total: Optional[torch.Tensor] = None
-    combos = [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
-    for combo in combos:
+    for combo in (c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)):
         dims = [2 + a for a in combo]  # spatial axis -> tensor dim of [B, C, D, H, W]
-        out = predict(image.flip(dims)).flip(dims) if dims else predict(image)
-        total = out if total is None else total + out
+        yield predict(image.flip(dims)).flip(dims) if dims else predict(image)
+
+
+def mirror_averaged(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                    axes: Sequence[int] = ()) -> torch.Tensor:
+    """nnU-Net's mirroring test-time augmentation: the mean of :func:`mirrored_predictions`; ``axes=()`` is one
+    plain pass. Use the flips the model was trained with."""
+    total: Optional[torch.Tensor] = None
+    count = 0
+    for out in mirrored_predictions(predict, image, axes):
+        total, count = (out if total is None else total + out), count + 1
     assert total is not None
-    return total / len(combos)
+    return total / count
 
 
 def _counts_and_sums(labels: torch.Tensor, probs: torch.Tensor, n: int, with_sums: bool,

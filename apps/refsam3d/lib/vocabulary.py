@@ -78,6 +78,3 @@ def absent_phrases(names: Sequence[str], own: Iterable[str], overlapping: Iterab
     pool = anatomy_vocabulary() if vocabulary is None else [normalise(v) for v in vocabulary]
     return [p for p in pool if p not in blocked and not (_content_stems(p) & stems)]
 
-
-def in_vocabulary(phrase: str) -> bool:
-    return normalise(phrase) in set(anatomy_vocabulary())

@@ -15,18 +15,15 @@ logger = logging.getLogger(__name__)
 
 
 def label_map_dice(y_pred: np.ndarray, y: np.ndarray, labels: dict[str, int]) -> dict[str, float]:
-    """Dice per label of two label maps (labels absent from both are left out)."""
-    out = {}
-    for name, index in labels.items():
-        if int(index) == 0:
-            continue
-        a = y_pred == int(index)
-        b = y == int(index)
-        total = int(a.sum()) + int(b.sum())
-        if total == 0:
-            continue
-        out[name] = 2.0 * int((a & b).sum()) / total
-    return out
+    """Dice per label of two label maps (MONAI's, via :func:`lib.evaluation.dice_where_present`); labels absent
+    from both are left out."""
+    from lib.evaluation import dice_where_present
+
+    wanted = {name: int(index) for name, index in labels.items() if int(index) != 0}
+    if not wanted:
+        return {}
+    dice = dice_where_present(y_pred, y, num_classes=max(wanted.values()) + 1)
+    return {name: dice[index] for name, index in wanted.items() if dice[index] is not None}
 
 
 class LabelDiceScoring(ScoringMethod):

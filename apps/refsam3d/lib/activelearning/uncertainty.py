@@ -67,13 +67,10 @@ def mask_entropy(probs: torch.Tensor, region: torch.Tensor) -> float:
 
 
 def flip_disagreement(masks_a: torch.Tensor, masks_b: torch.Tensor) -> float:
-    """1 - mean Dice between two ``[K, *spatial]`` bool mask sets (labels empty in both are skipped)."""
-    dices = []
-    for a, b in zip(masks_a, masks_b):
-        sa, sb = int(a.sum()), int(b.sum())
-        if sa + sb == 0:
-            continue
-        dices.append(2.0 * int((a & b).sum()) / (sa + sb))
+    """1 - mean Dice (MONAI's) between two ``[K, *spatial]`` bool mask sets (labels empty in both are skipped)."""
+    from lib.evaluation import dice_where_present
+
+    dices = [d for d in dice_where_present(masks_a, masks_b) if d is not None]
     return 1.0 - float(np.mean(dices)) if dices else 0.0
 
 
@@ -97,7 +94,7 @@ class UncertaintyScoring(ScoringMethod):
 
     def score_image(self, image_path: str, model, roi, overlap) -> dict[str, float]:
         from lib.evaluation import probs_to_masks
-        from lib.inference import sliding_window_segment
+        from lib.inference import mirrored_predictions, sliding_window_segment
         from lib.training.data import val_transforms
 
         tc = self.task_config
@@ -109,12 +106,12 @@ class UncertaintyScoring(ScoringMethod):
         image = torch.as_tensor(data["image"]).float()[None]
         prompts = [ls.prompts.get(n) or n for n in ls.labels]
         device = next(model.parameters()).device
-        with torch.no_grad():
-            probs = sliding_window_segment(model, image, prompts, roi, overlap=overlap, device=device)[0].float().cpu()
-            axis = 2 + self.flip_axis
-            flipped = sliding_window_segment(model, torch.flip(image, dims=[axis]), prompts, roi, overlap=overlap,
-                                             device=device)[0].float().cpu()
-            flipped = torch.flip(flipped, dims=[1 + self.flip_axis])
+
+        def predict(x: torch.Tensor) -> torch.Tensor:
+            return sliding_window_segment(model, x, prompts, roi, overlap=overlap, device=device).float().cpu()
+
+        with torch.no_grad():  # the plain pass, then the one mirrored along flip_axis (flipped back)
+            probs, flipped = (p[0] for p in mirrored_predictions(predict, image, (self.flip_axis,)))
         region = (probs.max(0).values > 0.1) | (flipped.max(0).values > 0.1)
         entropy = mask_entropy((probs + flipped) / 2, region)
         disagreement = flip_disagreement(probs_to_masks(probs), probs_to_masks(flipped))

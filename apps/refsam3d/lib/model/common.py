@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional, Type
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -90,14 +90,3 @@ class PatchConvTranspose3d(nn.ConvTranspose3d):
         if extra is not None:
             out[..., co:].copy_(extra.permute(0, 2, 3, 4, 1))
         return out.permute(0, 4, 1, 2, 3)  # [B, Cout (+Ce), D, H, W]
-
-
-class ConvNormAct3d(nn.Sequential):
-    """Conv3d (k, same padding, no bias) -> LayerNorm3d -> activation."""
-
-    def __init__(self, cin: int, cout: int, kernel_size: int = 3, act: Type[nn.Module] = nn.GELU) -> None:
-        super().__init__(
-            nn.Conv3d(cin, cout, kernel_size, padding=kernel_size // 2, bias=False),
-            LayerNorm3d(cout),
-            act(),
-        )
