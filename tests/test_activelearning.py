@@ -45,6 +45,15 @@ def test_label_map_dice_per_label():
     y = np.array([0, 1, 1, 2, 2, 0])
     p = np.array([0, 1, 0, 0, 0, 3])
     assert label_map_dice(p, y, {"a": 1, "b": 2, "c": 3, "d": 4}) == {"a": pytest.approx(2 / 3), "b": 0.0, "c": 0.0}
+    # 3D maps whose labels sit in different, partly overlapping boxes: the same as counting voxels over the volume
+    rng = np.random.default_rng(0)
+    y3 = np.zeros((12, 10, 8), np.int32)
+    y3[1:6, 2:8, 1:5], y3[7:11, 0:4, 3:8] = 1, 2
+    p3 = np.roll(y3, (2, -1, 1), axis=(0, 1, 2)) * (rng.random(y3.shape) < 0.8)
+    p3[0, 9, 7] = 3
+    counted = {n: 2 * int(((p3 == k) & (y3 == k)).sum()) / int((p3 == k).sum() + (y3 == k).sum()) for n, k in
+               (("a", 1), ("b", 2), ("c", 3))}
+    assert label_map_dice(p3, y3, {"a": 1, "b": 2, "c": 3, "d": 4}) == pytest.approx(counted)
 
 
 class FakeStore:

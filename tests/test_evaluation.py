@@ -263,13 +263,11 @@ def test_mirrored_predictions_plain_pass_first_then_each_flip_flipped_back():
     torch.testing.assert_close(mirror_averaged(predict, image, (2,)), (plain + mirrored) / 2)
 
 
-def test_dice_where_present_masks_and_label_maps_agree_and_leave_out_absent_labels():
+def test_dice_where_present_is_monais_dice_and_leaves_out_labels_absent_from_both():
     from lib.evaluation import dice_where_present
 
-    y = torch.tensor([[0, 1, 1, 2, 2, 0, 0, 0]])  # label 4 in neither, 3 only in the prediction
-    p = torch.tensor([[0, 1, 0, 0, 0, 3, 0, 0]])
-    by_index = dice_where_present(p, y, num_classes=5)
-    assert by_index[1:] == [pytest.approx(2 / 3), 0.0, 0.0, None]
-    one_hot = dice_where_present(torch.stack([p == k for k in range(5)]), torch.stack([y == k for k in range(5)]))
-    assert one_hot == by_index
-    assert case_metrics(torch.stack([p == 4]), torch.stack([y == 4]), metrics=("dice",))["dice"] == [1.0]  # scored 1
+    y = torch.tensor([0, 1, 1, 2, 2, 0, 0, 0])  # label 4 in neither, 3 only in the prediction
+    p = torch.tensor([0, 1, 0, 0, 0, 3, 0, 0])
+    masks = [torch.stack([t == k for k in range(1, 5)])[:, None, None] for t in (p, y)]  # [K, 1, 1, 8]
+    assert dice_where_present(*masks) == [pytest.approx(2 / 3), 0.0, 0.0, None]
+    assert case_metrics(masks[0][3:], masks[1][3:], metrics=("dice",))["dice"] == [1.0]  # case_metrics scores it 1

@@ -97,25 +97,14 @@ def dice_per_label(pred, gt) -> list[float]:
     return case_metrics(pred, gt, metrics=("dice",))["dice"]
 
 
-def dice_where_present(y_pred, y, num_classes: int | None = None) -> list[float | None]:
-    """MONAI's Dice per label, ``None`` for a label absent from both (callers that average what is there leave
-    it out; :func:`case_metrics` scores it 1).
-
-    ``y_pred``, ``y``: bool masks ``[K, *spatial]`` (label k = channel k), or with ``num_classes`` label maps
-    ``[*spatial]`` of class indices (label k = value k, ``0 <= k < num_classes``; no one-hot copy is made).
-    """
-    p, g = torch.as_tensor(y_pred), torch.as_tensor(y)
+def dice_where_present(y_pred, y) -> list[float | None]:
+    """MONAI's Dice per channel of two bool mask sets ``[K, *spatial]``, ``None`` for a label absent from both
+    (callers that average what is there leave it out; :func:`case_metrics` scores it 1)."""
+    p, g = torch.as_tensor(y_pred).bool(), torch.as_tensor(y).bool()
     if p.shape != g.shape:
         raise ValueError(f"prediction {tuple(p.shape)} and ground truth {tuple(g.shape)} differ")
-    if num_classes is None:
-        p, g = p.bool()[None], g.bool()[None]  # [1, K, *spatial]
-        present = (p.flatten(2).any(-1) | g.flatten(2).any(-1))[0]
-    else:
-        p, g = p.long()[None, None], g.long()[None, None]  # [1, 1, *spatial]
-        present = torch.zeros(num_classes, dtype=torch.bool)
-        for t in (p, g):
-            present |= torch.bincount(t.flatten().clamp(min=0), minlength=num_classes)[:num_classes] > 0
-    dice = compute_dice(p, g, include_background=True, ignore_empty=False, num_classes=num_classes)[0]
+    present = p.flatten(1).any(-1) | g.flatten(1).any(-1)
+    dice = compute_dice(p[None], g[None], include_background=True, ignore_empty=False)[0]
     return [float(d) if bool(ok) else None for d, ok in zip(dice, present)]
 
 
