@@ -30,12 +30,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from lib.defaults import DEFAULT_DEVICE, DEFAULT_TEXT_ENCODER
+
 logger = logging.getLogger(__name__)
 
 SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth"
 SAM_VIT_B_FILE = "sam_vit_b_01ec64.pth"
 SAM_VIT_B_SHA256_PREFIX = "01ec64"  # SAM names its files after the first hex digits of the SHA-256
-DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 HF_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "vocab*", "merges*", "spiece*"]
 
@@ -160,7 +161,7 @@ class ModelStore:
     # ------------------------------------------------------------------ resolution of base weights
     @staticmethod
     def _resolve_device(device: Optional[str]) -> str:
-        d = (device or "auto").strip().lower()
+        d = (device or DEFAULT_DEVICE).strip().lower()
         if d in ("", "auto"):
             return "cuda" if torch.cuda.is_available() else "cpu"
         if d.startswith("cuda") and not torch.cuda.is_available():
