@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Type
 from lib.image_errors import ImageNotFoundError, UnreadableImageError, UnusableImageError
 
 INTERNAL_ERROR = "Internal Server Error"
+SERVER_ERROR = 500  # the status of anything not in the table
 
 
 class AppError(Exception):
@@ -122,7 +123,7 @@ def _monailabel_kind(exc: BaseException) -> Optional[Type[AppError]]:
 def status_of(exc: BaseException) -> int:
     """The HTTP status of ``exc``: its kind's, else 500."""
     kind = kind_of(exc)
-    return STATUS[kind] if kind is not None else 500
+    return STATUS[kind] if kind is not None else SERVER_ERROR
 
 
 def message_of(exc: BaseException) -> str:
@@ -155,6 +156,13 @@ def json_response(exc: BaseException):
 
     status, body, headers = answer(exc)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def text_response(exc: BaseException):
+    """Starlette's ``PlainTextResponse`` for ``exc`` (``Internal Server Error`` for anything not in the table)."""
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(message_of(exc), status_code=status_of(exc))
 
 
 class ClientMessage(str):

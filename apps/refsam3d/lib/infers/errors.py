@@ -16,7 +16,7 @@ import sys
 import traceback
 from typing import Callable, Dict, Optional
 
-from lib.errors import INTERNAL_ERROR, AppError, BadRequest, ClientMessage, json_response
+from lib.errors import SERVER_ERROR, AppError, BadRequest, ClientMessage, json_response, text_response
 
 logger = logging.getLogger(__name__)
 
@@ -59,20 +59,20 @@ def install_http_error_handlers() -> bool:
 
     from fastapi.exception_handlers import http_exception_handler
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import JSONResponse
 
     async def on_params_error(request, exc: Exception):
         detail = params_error_detail(exc)
         if detail is not None:
             return json_response(BadRequest(detail))
         logger.error("Unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return PlainTextResponse(INTERNAL_ERROR, status_code=500)
+        return text_response(exc)  # not in the table: a 500 that says nothing of the internals
 
     async def on_app_error(request, exc: AppError):
         return json_response(exc)
 
     async def on_http_exception(request, exc: StarletteHTTPException):
-        remap = CLIENT_ERRORS_500.get(str(exc.detail)) if exc.status_code == 500 else None
+        remap = CLIENT_ERRORS_500.get(str(exc.detail)) if exc.status_code == SERVER_ERROR else None
         if remap is not None:
             return json_response(remap)
         if isinstance(exc.detail, ClientMessage):
