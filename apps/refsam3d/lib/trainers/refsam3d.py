@@ -29,7 +29,6 @@ from lib.training import (
 from lib.defaults import PRESETS
 from lib.parsing import sizes_str
 from lib.request_settings import TrainRequest
-from lib.settings import train_defaults as defaults_from_conf  # noqa: F401  (--conf train_<option>: lib/settings.py)
 from lib.training.config import AUGMENTATION_PROFILES
 
 logger = logging.getLogger(__name__)
