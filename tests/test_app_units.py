@@ -80,11 +80,13 @@ class _Store:
 @pytest.fixture(scope="module")
 def task():
     from lib.infers.refsam3d import RefSAM3DInfer
+    from lib.settings import AppSettings
 
     ls = parse_label_set({"name": "t", "labels": [{"name": "spleen", "index": 1, "prompt": "CT images, spleen"},
                                                   {"name": "liver", "index": 5, "prompt": "CT images, liver"}]})
-    return RefSAM3DInfer(store=_Store(), label_set=ls, cache=EncodingCache(1 << 20), target_spacing=(3, 3, 3),
-                         roi_size=(32, 32, 32), max_prompt_chars=50)
+    settings = AppSettings(label_set=ls, modality=ls.modality, target_spacing=(3, 3, 3), roi_size=(32, 32, 32),
+                           max_prompt_chars=50)
+    return RefSAM3DInfer(store=_Store(), settings=settings, cache=EncodingCache(1 << 20))
 
 
 def test_prompt_precedence(task):

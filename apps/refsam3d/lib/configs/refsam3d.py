@@ -11,7 +11,6 @@ from typing import Any, Dict, Optional, Union
 
 from lib.encoding_cache import EncodingCache
 from lib.infers.click_tasks import click_task_options
-from lib.infers.prompt_report import PromptChecks
 from lib.infers.refsam3d import RefSAM3DInfer
 from lib.labelsets import LabelSet, available_label_sets
 from lib.model_store import ModelStore
@@ -41,7 +40,6 @@ class RefSAM3DConfig(TaskConfig):
         self.modality = s.modality
         self.target_spacing = s.target_spacing
         self.roi_size = s.roi_size
-        self.prompt_checks = PromptChecks(min_similarity=s.min_prompt_similarity, strict=s.strict_prompts)
         self.preload = s.preload
 
         self.store = ModelStore(
@@ -73,16 +71,9 @@ class RefSAM3DConfig(TaskConfig):
         return {
             name: RefSAM3DInfer(
                 store=self.store,
-                label_set=self.label_set,
+                settings=self.settings,
                 cache=self.cache,
-                target_spacing=self.target_spacing,
-                roi_size=self.roi_size,
-                sw_overlap=self.settings.sw_overlap,
-                sw_batch_size=self.settings.sw_batch_size,
-                modality=self.modality,
-                max_prompt_chars=self.settings.max_prompt_chars,
                 extra_warnings=self.extra_warnings,
-                prompt_checks=self.prompt_checks,
                 precision=self.precision,
                 **options,
             )

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from lib.labelsets import LabelSet
 from lib.errors import Unprocessable
+from lib.settings import AppSettings
 
 FREE_TEXT_NAME = "free text prompt"
 MAX_LABEL_PROMPTS = 256
@@ -36,7 +37,7 @@ def normalise(text: str) -> str:
 class PromptParser:
     """Turns a request's ``text_prompt`` / ``label_prompt`` into :data:`Prompt` tuples (``Unprocessable``)."""
 
-    def __init__(self, label_set: LabelSet, max_prompt_chars: int = 500):
+    def __init__(self, label_set: LabelSet, max_prompt_chars: int = AppSettings.max_prompt_chars):
         self.label_set = label_set
         self.max_prompt_chars = int(max_prompt_chars)
         self.free_value = free_text_value(label_set)

@@ -37,11 +37,10 @@ from lib.infers.click_task import parse_request, run_clicks, text_answer_keeper
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.infers.prompt_report import PromptChecks, PromptReporter
 from lib.label_resample import resample_label_map
-from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
-from lib.parsing import parse_modality
 from lib.precision import precision_name
 from lib.request_settings import RESULT_EXTENSIONS, InferOptions
+from lib.settings import AppSettings
 from lib.transforms import load_transforms
 from lib.uploads import is_upload
 from lib.weights_card import headline, knows_line, read_extra, read_summary
@@ -85,36 +84,32 @@ class RefSAM3DInfer(BasicInferTask):
     def __init__(
         self,
         store: ModelStore,
-        label_set: LabelSet,
+        settings: AppSettings,
         cache: EncodingCache,
-        target_spacing: Sequence[float],
-        roi_size: Sequence[int],
-        sw_overlap: float | str = "auto",
-        sw_batch_size: int = 1,
-        modality: Optional[str] = None,
-        max_prompt_chars: int = 500,
         prompt_chunk: int = 8,
         description: str = "",
         extra_warnings: Optional[List[str]] = None,
-        prompt_checks: Optional[PromptChecks] = None,
         infer_type: str = InferType.SEGMENTATION,
         config: Optional[Dict[str, Any]] = None,
         description_suffix: str = "",
         precision: Optional[torch.dtype] = None,
         **kwargs,
     ):
+        """``settings``: the app's parsed ``--conf`` (label set, modality, spacing, ROI, overlap, prompt checks)."""
         self.store = store
-        self.label_set = label_set
+        self.settings = settings
+        self.label_set = label_set = settings.label_set
         self.cache = cache
-        self.target_spacing = tuple(float(s) for s in target_spacing)
-        self.sw_overlap = sw_overlap if isinstance(sw_overlap, str) else float(sw_overlap)
-        self.sw_batch_size = int(sw_batch_size)
+        self.target_spacing = tuple(float(s) for s in settings.target_spacing)
+        self.sw_overlap = settings.sw_overlap
+        self.sw_batch_size = settings.sw_batch_size
         self.precision = precision  # autocast dtype of the image encoding (lib/precision.py); None = float32
-        self.modality = parse_modality(modality or label_set.modality)
-        self.max_prompt_chars = int(max_prompt_chars)
+        self.modality = settings.modality
+        self.max_prompt_chars = settings.max_prompt_chars
         self.prompts = PromptParser(label_set, self.max_prompt_chars)
         self.prompt_chunk = int(prompt_chunk)
-        self.reporter = PromptReporter(label_set, prompt_checks)  # found / confidence / prompt_similarity
+        checks = PromptChecks(min_similarity=settings.min_prompt_similarity, strict=settings.strict_prompts)
+        self.reporter = PromptReporter(label_set, checks)  # found / confidence / prompt_similarity
         self.extra_warnings = extra_warnings if extra_warnings is not None else []
         self._base_description = description or (
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
@@ -129,9 +124,9 @@ class RefSAM3DInfer(BasicInferTask):
             labels=label_set.labels,
             dimension=3,
             description=self._base_description,
-            config=config or {"text_prompt": "", "threshold": 0.5},
+            config=config or {"text_prompt": "", "threshold": InferOptions().threshold},
             load_strict=False,
-            roi_size=tuple(int(r) for r in roi_size),
+            roi_size=tuple(int(r) for r in settings.roi_size),
             **kwargs,
         )
 
