@@ -98,7 +98,8 @@ def test_one_set_of_parsers():
 
 
 def test_infer_request_options():
-    opts = InferOptions.from_request({"threshold": ["0.3"], "modality": "mri", "result_extension": "NRRD"}, "auto", "CT")
+    request = {"threshold": ["0.3"], "modality": "mri", "result_extension": "NRRD"}
+    opts = InferOptions.from_request(request, "auto", "CT")
     assert (opts.threshold, opts.sw_overlap, opts.modality, opts.result_extension) == (0.3, "auto", "MR", ".nrrd")
     assert InferOptions.from_request({}, 0.25, "CT").sw_overlap == 0.25  # the server's setting when not given
     for request, words in (({"threshold": 1}, "threshold must be between 0 and 1 (exclusive), got 1.0"),

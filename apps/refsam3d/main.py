@@ -6,9 +6,10 @@ The ``--conf`` keys are parsed once, here, into ``lib/settings.py:AppSettings`` 
 file uses ``random_strategy`` (what serves OHIF's ``random``), ``dicomweb_search_filter``, ``train_keep_versions``
 and the ``skip_*`` keys, and adds the routes of ``lib/web`` (weights versions, the ``/annotate/`` page).
 
-The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` builds the tasks from the settings; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them
-into ``MONAILabelApp`` and checks each inference request before MONAI Label runs it, so that client
-mistakes get a 4xx with a readable message (see docs/app.md).
+The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` builds the tasks from the
+settings; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them into ``MONAILabelApp`` and checks
+each inference request before MONAI Label runs it, so that client mistakes get a 4xx with a readable message (the
+error table: ``lib/errors.py``; see docs/app.md).
 """
 
 import logging
@@ -247,8 +248,8 @@ class RefSAM3DApp(MONAILabelApp):
             real = os.path.realpath(image)
             inside = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self._allowed_roots())
             if not (is_upload(real) or inside):
-                raise Forbidden(f"image path '{image}' is outside the studies folder: give an image id of the datastore "
-                                "or upload the file")
+                raise Forbidden(f"image path '{image}' is outside the studies folder: give an image id of the "
+                                "datastore or upload the file")
             return request
 
         if isinstance(datastore, LocalDatastore) and not str(self.studies).startswith(("http://", "https://")):

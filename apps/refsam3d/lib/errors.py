@@ -166,7 +166,7 @@ def text_response(exc: BaseException):
 
 
 class ClientMessage(str):
-    """An error message with more JSON fields: answered as ``{"detail": message, **extra}`` (e.g. ``nearest_labels``)."""
+    """A message with more JSON fields: answered as ``{"detail": message, **extra}`` (e.g. ``nearest_labels``)."""
 
     def __new__(cls, message: str, **extra: Any):
         obj = super().__new__(cls, message)

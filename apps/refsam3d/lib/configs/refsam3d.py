@@ -15,7 +15,7 @@ from lib.infers.refsam3d import RefSAM3DInfer
 from lib.labelsets import LabelSet, available_label_sets
 from lib.model_store import ModelStore
 from lib.precision import precision_name, resolve_precision
-from lib.settings import AppSettings, ConfError, default_model_dir  # noqa: F401  (ConfError, default_model_dir: re-exported)
+from lib.settings import AppSettings, ConfError, default_model_dir  # noqa: F401  (the last two: re-exported)
 
 from monailabel.interfaces.config import TaskConfig
 from monailabel.interfaces.tasks.infer_v2 import InferTask
@@ -29,8 +29,8 @@ logger = logging.getLogger(__name__)
 class RefSAM3DConfig(TaskConfig):
     """Everything the infer task, the trainer and the active-learning code share."""
 
-    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any, settings: Optional[AppSettings] = None,
-             **kwargs):
+    def init(self, name: str, model_dir: str, conf: Dict[str, str], planner: Any,
+             settings: Optional[AppSettings] = None, **kwargs):
         super().init(name, model_dir, conf, planner, **kwargs)
         self.conf = dict(conf or {})
         s = self.settings = settings if settings is not None else AppSettings.from_conf(self.conf)

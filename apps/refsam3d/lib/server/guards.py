@@ -1,7 +1,8 @@
 """HTTP side of the name checks: datastore client errors answered with 400/404, uploaded file names checked.
 
 * ``UnsafeNameError`` (``lib/server/names.py``, a ``BadRequest``) and MONAI Label's ``ImageNotFoundException`` /
-  ``LabelNotFoundException`` (its endpoints let them become 500; ``NotFound`` in the table) answered by ``lib/errors.py``.
+  ``LabelNotFoundException`` (its endpoints let them become 500; ``NotFound`` in the table): answered by
+  ``lib/errors.py``.
 * Uploaded file names and the app's roles: ``lib/server/route_guard.py``.
 """
 
