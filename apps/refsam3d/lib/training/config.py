@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
-from lib.defaults import DEFAULT_DEVICE, DEFAULT_LEARNING_RATE, DEFAULT_PRESET
+from lib.defaults import DEFAULT_DEVICE, DEFAULT_LEARNING_RATE, DEFAULT_PRESET, DEFAULT_SW_OVERLAP
 from lib.parsing import first, parse_axes, parse_bool, parse_labels, parse_names, parse_size, sizes_str  # noqa: F401
 
 AUGMENTATION_PROFILES = ("paper", "nnunet", "flip")  # see training/data.py: augmentations()
@@ -48,7 +48,7 @@ class TrainConfig:
     flip_axes: tuple[int, ...] = (0,)  # RAS axis 0 = left-right (anatomically symmetric); 1/2 swap A-P / S-I
     val_split: float = 0.2
     val_interval: int = 1  # epochs between validations
-    val_overlap: float = 0.25
+    val_overlap: float = DEFAULT_SW_OVERLAP
     val_max_cases: int = 0  # 0 = all validation cases
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
