@@ -89,8 +89,8 @@ class AppSettings:
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any], app_dir: Optional[str] = None) -> "AppSettings":
         """Parse ``conf`` (``--conf`` strings; typed values accepted too); ``ConfError`` for a bad value."""
-        c = _Reader(conf)
-        preset = c.get("preset", DEFAULT_PRESET, parse_choice, PRESETS)
+        c, d = _Reader(conf), {f.name: f.default for f in fields(cls)}  # d: the defaults above, nowhere else
+        preset = c.get("preset", d["preset"], parse_choice, PRESETS)
         try:
             label_set = load_label_set(c.raw("label_set") or DEFAULT_LABEL_SET)
         except ValueError as e:
@@ -101,30 +101,30 @@ class AppSettings:
         return cls(
             preset=preset,
             label_set=label_set,
-            use_pretrained_model=c.get("use_pretrained_model", True, parse_bool),
+            use_pretrained_model=c.get("use_pretrained_model", d["use_pretrained_model"], parse_bool),
             sam_checkpoint=c.raw("sam_checkpoint"),
             sam_url=c.raw("sam_url"),
-            text_encoder=str(c.raw("text_encoder") or DEFAULT_TEXT_ENCODER).strip(),
+            text_encoder=str(c.raw("text_encoder") or d["text_encoder"]),
             target_spacing=c.get("target_spacing", None, parse_size, 3, float) or tuple(label_set.target_spacing),
             roi_size=c.get("roi_size", None, parse_size, 3, int) or tuple(label_set.roi_size(preset)),
-            sw_overlap="auto" if auto else c.get("sw_overlap", DEFAULT_SW_OVERLAP, parse_number, 0.0, 0.9),
-            sw_batch_size=c.get("sw_batch_size", 1, parse_number, 1, 64, int),
+            sw_overlap=d["sw_overlap"] if auto else c.get("sw_overlap", None, parse_number, 0.0, 0.9),
+            sw_batch_size=c.get("sw_batch_size", d["sw_batch_size"], parse_number, 1, 64, int),
             modality=c.get("modality", label_set.modality, parse_modality),
-            device=str(c.raw("device") or DEFAULT_DEVICE).strip().lower(),
-            precision=c.get("precision", "auto", parse_choice, PRECISIONS),
-            cache_size_mb=c.get("cache_size_mb", 2048.0, parse_number, 0, 1 << 22),
-            max_prompt_chars=c.get("max_prompt_chars", 500, parse_number, 1, 100000, int),
-            min_prompt_similarity=c.get("min_prompt_similarity", DEFAULT_MIN_SIMILARITY, parse_number, -1.0, 1.0),
-            strict_prompts=c.get("strict_prompts", False, parse_bool),
+            device=str(c.raw("device") or d["device"]).lower(),
+            precision=c.get("precision", d["precision"], parse_choice, PRECISIONS),
+            cache_size_mb=c.get("cache_size_mb", d["cache_size_mb"], parse_number, 0, 1 << 22),
+            max_prompt_chars=c.get("max_prompt_chars", d["max_prompt_chars"], parse_number, 1, 100000, int),
+            min_prompt_similarity=c.get("min_prompt_similarity", d["min_prompt_similarity"], parse_number, -1.0, 1.0),
+            strict_prompts=c.get("strict_prompts", d["strict_prompts"], parse_bool),
             limits=_limits(c),
-            preload=c.get("preload", True, parse_bool),
+            preload=c.get("preload", d["preload"], parse_bool),
             model_dir=os.path.realpath(model_dir),
-            skip_trainers=c.get("skip_trainers", False, parse_bool),
-            skip_strategies=c.get("skip_strategies", False, parse_bool),
-            skip_scoring=c.get("skip_scoring", True, parse_bool),
+            skip_trainers=c.get("skip_trainers", d["skip_trainers"], parse_bool),
+            skip_strategies=c.get("skip_strategies", d["skip_strategies"], parse_bool),
+            skip_scoring=c.get("skip_scoring", d["skip_scoring"], parse_bool),
             random_strategy=c.raw("random_strategy"),
             dicomweb_search_filter=c.raw("dicomweb_search_filter"),
-            al_max_samples=c.get("al_max_samples", 20, parse_number, 0, 1_000_000, int),
+            al_max_samples=c.get("al_max_samples", d["al_max_samples"], parse_number, 0, 1_000_000, int),
             train=train_defaults(conf, preset),
         )
 
