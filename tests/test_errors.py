@@ -69,3 +69,18 @@ def test_no_status_literals_at_the_raise_sites():
         for pattern in (r"status_code\s*=\s*\d{3}", r"raise HTTPException\(", r"BadInputError", r"\"status\":\s*\d{3}"):
             offenders += [f"{path.relative_to(app)}: {m.group(0)}" for m in re.finditer(pattern, text)]
     assert offenders == []
+
+
+def test_one_rule_decides_what_is_an_upload(tmp_path):
+    """lib/uploads.py: MONAI Label's ``<tempdir>/tmpXXXXXXXX<ext>`` uploads; the request check, the cache key and
+    the messages all ask it."""
+    import tempfile
+
+    from lib.transforms import display_name
+    from lib.uploads import is_upload
+
+    with tempfile.NamedTemporaryFile(suffix=".nii.gz") as upload:
+        assert is_upload(upload.name) and display_name(upload.name) == "the uploaded file"
+    study = tmp_path / "tmpabcdefgh.nii.gz"  # the same name outside the temporary folder is a study
+    assert not is_upload(study) and display_name(study) == "'tmpabcdefgh.nii.gz'"
+    assert not is_upload(f"{tempfile.gettempdir()}/tmp../etc.nii.gz") and not is_upload(f"{tempfile.gettempdir()}/x.nii")
