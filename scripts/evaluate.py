@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     from lib.precision import resolve_precision
     from lib.training import (EnsembleSegmenter, PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set,
                               msd_datalist)
-    from lib.training.config import parse_axes, parse_labels, parse_size
+    from lib.parsing import parse_axes, parse_labels, parse_size
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
 

@@ -92,7 +92,8 @@ def main(argv=None) -> int:
     from lib.labelsets import load_label_set
     from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
                               run_training, split_datalist)
-    from lib.training.config import parse_size
+    from lib.defaults import DEFAULT_LEARNING_RATE
+    from lib.parsing import parse_size
     from lib.training.runner import build_model, checkpoint_extra
 
     label_set = load_label_set(args.label_set)
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
     values = {
         "max_epochs": args.epochs, "max_minutes": args.minutes, "max_iterations": args.iterations,
         "crop_size": args.crop or list(roi), "batch_size": args.batch_size, "num_samples": args.num_samples,
-        "learning_rate": args.lr if args.lr else (1e-3 if args.preset == "small" else 1e-4),
+        "learning_rate": args.lr if args.lr else DEFAULT_LEARNING_RATE[args.preset],  # lib/defaults.py
         "weight_decay": args.weight_decay, "warmup_fraction": args.warmup,
         "grad_clip": args.grad_clip, "max_prompts": args.max_prompts, "negative_prompts": args.negative_prompts,
         "negative_prompts_per_step": args.negative_prompts_per_step, "flip_axes": args.flip_axes,

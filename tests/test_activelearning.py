@@ -74,7 +74,9 @@ def _task_config(tmp_path, published=True):
     path = tmp_path / "refsam3d_small.pt"
     if published:
         path.write_bytes(b"x")
-    return SimpleNamespace(store=SimpleNamespace(published_path=path), conf={}, label_set=None)
+    from lib.settings import AppSettings
+
+    return SimpleNamespace(store=SimpleNamespace(published_path=path), settings=AppSettings(), label_set=None)
 
 
 def test_uncertainty_strategy_ranks_current_scores_then_unscored(tmp_path):
@@ -129,7 +131,10 @@ def test_dice_scoring_on_a_local_datastore(tmp_path, hippocampus_dir):
     assert per_label["posterior hippocampus"] == pytest.approx(2 * n2 / (n1 + n2 + n2))
     assert ds.get_image_info("hippocampus_004")["dice"] == pytest.approx(np.mean(list(per_label.values())))
 
-    tc = SimpleNamespace(label_set=label_set, store=SimpleNamespace(published_path=tmp_path / "none.pt"), conf={})
+    from lib.settings import AppSettings
+
+    tc = SimpleNamespace(label_set=label_set, store=SimpleNamespace(published_path=tmp_path / "none.pt"),
+                         settings=AppSettings.from_conf({"label_set": "msd_hippocampus"}))
     assert set(build_strategies(tc)) == {"random", "first", "uncertainty"}
     assert set(build_scoring_methods(tc)) == {"dice", "uncertainty"}
     # uncertainty scoring leaves labelled studies alone (all are labelled here: nothing to do, no model needed)
@@ -184,7 +189,7 @@ def test_uncertainty_ranks_an_undecided_study_above_a_confident_one_and_skips_sc
     from monailabel.datastore.local import LocalDatastore
 
     from lib.activelearning import UncertaintyScoring
-    from lib.labelsets import load_label_set
+    from lib.settings import AppSettings
 
     _controlled_studies(tmp_path / "studies")
     ds = LocalDatastore(str(tmp_path / "studies"), extensions=("*.nii.gz",), auto_reload=False)
@@ -192,8 +197,10 @@ def test_uncertainty_ranks_an_undecided_study_above_a_confident_one_and_skips_sc
     published = tmp_path / "refsam3d_small.pt"
     published.write_bytes(b"weights v1")
     store = SimpleNamespace(published_path=published, get=lambda: (model, "v1"))
-    tc = SimpleNamespace(label_set=load_label_set("msd_hippocampus"), store=store, conf={}, preset="small",
-                         roi_size=(16, 16, 16), sw_overlap=0.25, modality="MR", target_spacing=(1.0, 1.0, 1.0))
+    settings = AppSettings.from_conf({"preset": "small", "label_set": "msd_hippocampus", "roi_size": "16",
+                                      "sw_overlap": "0.25", "target_spacing": "1"})
+    assert settings.modality == "MR" and settings.target_spacing == (1.0, 1.0, 1.0)
+    tc = SimpleNamespace(label_set=settings.label_set, store=store, settings=settings)
 
     summary = UncertaintyScoring(tc)({}, ds)
     assert summary["executed"] == 2 and summary["skipped"] == 0

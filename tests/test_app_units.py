@@ -15,7 +15,9 @@ import torch
 
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.labelsets import available_label_sets, load_label_set, parse_label_set
-from lib.transforms import BadInputError, CheckImaged, load_transforms
+from lib.errors import Unprocessable
+from lib.image_errors import UnusableImageError
+from lib.transforms import CheckImaged, load_transforms
 
 BTCV = ["spleen", "right kidney", "left kidney", "gallbladder", "esophagus", "liver", "stomach", "aorta",
         "inferior vena cava", "portal vein and splenic vein", "pancreas", "right adrenal gland", "left adrenal gland"]
@@ -78,11 +80,13 @@ class _Store:
 @pytest.fixture(scope="module")
 def task():
     from lib.infers.refsam3d import RefSAM3DInfer
+    from lib.settings import AppSettings
 
     ls = parse_label_set({"name": "t", "labels": [{"name": "spleen", "index": 1, "prompt": "CT images, spleen"},
                                                   {"name": "liver", "index": 5, "prompt": "CT images, liver"}]})
-    return RefSAM3DInfer(store=_Store(), label_set=ls, cache=EncodingCache(1 << 20), target_spacing=(3, 3, 3),
-                         roi_size=(32, 32, 32), max_prompt_chars=50)
+    settings = AppSettings(label_set=ls, modality=ls.modality, target_spacing=(3, 3, 3), roi_size=(32, 32, 32),
+                           max_prompt_chars=50)
+    return RefSAM3DInfer(store=_Store(), settings=settings, cache=EncodingCache(1 << 20))
 
 
 def test_prompt_precedence(task):
@@ -111,9 +115,9 @@ def test_prompt_precedence(task):
     ({"label_prompt": {"a": 1}}, "list"),
 ])
 def test_bad_prompts(task, request_, words):
-    with pytest.raises(BadInputError, match=words) as err:
+    with pytest.raises(Unprocessable, match=words) as err:
         task.parse_prompts(request_)
-    assert 400 <= err.value.status_code < 500
+    assert err.value.status_code == 422
 
 
 # ---------------------------------------------------------------------------------------------------- cache
@@ -178,11 +182,11 @@ def test_intensity_by_modality(hippocampus_dir, totalseg_dir):
 @pytest.mark.parametrize("shape,words", [((1, 20, 20), "2D"), ((3, 8, 8, 8), "4D"), ((1, 0, 8, 8), "no voxels"),
                                          ((1, 8, 8, 1), "single slice")])
 def test_check_image_rejects_what_cannot_be_segmented(shape, words):
-    with pytest.raises(BadInputError, match=words):
+    with pytest.raises(UnusableImageError, match=words):
         CheckImaged("image")({"image": torch.zeros(shape)})
     x = torch.zeros(1, 8, 8, 8)
     x[0, 1, 2, 3] = float("inf")
-    with pytest.raises(BadInputError, match="NaN or infinite"):
+    with pytest.raises(UnusableImageError, match="NaN or infinite"):
         CheckImaged("image")({"image": x})
 
 

@@ -12,7 +12,8 @@ from model_fixtures import quiet_build, shared_tiny_text  # noqa: F401 (fixture)
 from lib.infers.clicks import MAX_CLICKS, check_inside, drop_free_text_from_auto, parse_click_request, to_model_grid
 from lib.infers.prompt_parsing import PromptParser
 from lib.labelsets import parse_label_set
-from lib.transforms import BadInputError, load_transforms
+from lib.errors import Unprocessable
+from lib.transforms import load_transforms
 
 LABEL_SET = parse_label_set({"name": "t", "labels": [{"name": "spleen", "index": 1, "prompt": "CT images, spleen"},
                                                      {"name": "liver", "index": 5, "prompt": "CT images, liver"}]})
@@ -63,7 +64,7 @@ def test_slicer_deepgrow_body():
     ({"points": [[1, 2, 3]], "point_labels": [1], "label_prompt": [7]}, "not in label set"),
 ])
 def test_bad_clicks_are_422(body, message):
-    with pytest.raises(BadInputError, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
+    with pytest.raises(Unprocessable, match=message.replace("(", r"\(").replace(")", r"\)")) as err:
         parse_click_request(body, PARSER)
     assert err.value.status_code == 422
 
@@ -71,7 +72,7 @@ def test_bad_clicks_are_422(body, message):
 def test_clicks_outside_the_volume():
     check_inside(np.array([[0, 0, 0], [9, 19, 29], [9.4, 0, 0]]), (10, 20, 30))
     for p in ([10, 0, 0], [0, -1, 0], [0, 0, 29.6]):
-        with pytest.raises(BadInputError, match="outside the image: it has 10 x 20 x 30 voxels"):
+        with pytest.raises(Unprocessable, match="outside the image: it has 10 x 20 x 30 voxels"):
             check_inside(np.array([p], dtype=float), (10, 20, 30))
 
 

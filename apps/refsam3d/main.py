@@ -2,41 +2,37 @@
 
     monailabel start_server --app apps/refsam3d --studies <folder or DICOMweb URL> [--conf key value ...]
 
-Besides the task keys (``lib/configs/refsam3d.py``), this file reads ``random_strategy`` (what serves OHIF's
-``random``), ``dicomweb_search_filter`` and ``train_keep_versions``, and adds the routes of ``lib/web``
-(weights versions, the ``/annotate/`` page); see docs/annotate.md.
+The ``--conf`` keys are parsed once, here, into ``lib/settings.py:AppSettings`` (docs/app.md lists them); this
+file uses ``random_strategy`` (what serves OHIF's ``random``), ``dicomweb_search_filter``, ``train_keep_versions``
+and the ``skip_*`` keys, and adds the routes of ``lib/web`` (weights versions, the ``/annotate/`` page).
 
-The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` reads the ``--conf``
-keys and builds the tasks; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them
-into ``MONAILabelApp`` and checks each inference request before MONAI Label runs it, so that client
-mistakes get a 4xx with a readable message (see docs/app.md).
+The app is thin (as MONAI Label's radiology sample): ``lib/configs/refsam3d.py`` builds the tasks from the
+settings; ``lib/infers/refsam3d.py`` is the infer task.  This file only wires them into ``MONAILabelApp`` and checks
+each inference request before MONAI Label runs it, so that client mistakes get a 4xx with a readable message (the
+error table: ``lib/errors.py``; see docs/app.md).
 """
 
 import logging
 import os
-import re
-import tempfile
 import threading
 from typing import Dict
 
 import lib.configs
-from fastapi import HTTPException
 from lib.activelearning.aliases import alias_random
 from lib.activelearning.random_pick import SafeRandom
-from lib.configs.refsam3d import ConfError, default_model_dir
 from lib.datastore import RefSAM3DDICOMWebDatastore
 from lib.infers.dicom_seg import install_dicom_seg_fallback
 from lib.infers.errors import install_http_error_handlers
-from lib.infers.refsam3d import ModelUnavailableError
 from lib.infers.writer_warmup import warm_up_writer
 from lib.server.auth import install_auth
 from lib.server.datastore import harden_datastore
 from lib.server.guards import install_datastore_guards
 from lib.server.install import install_server_limits
-from lib.server.settings import ServerLimits
 from lib.server.sessions import harden_sessions
 from lib.server.volume_header import check_volume_size
-from lib.transforms import BadInputError
+from lib.settings import AppSettings, ConfError
+from lib.errors import BadRequest, Forbidden, NotFound, http_exception, status_of
+from lib.uploads import is_upload
 from lib.web import install_web_routes
 from lib.weights_card import knows_line
 from lib.weights_history import WeightsHistory
@@ -46,33 +42,29 @@ from monailabel.datastore.dicom import DICOMWebDatastore
 from monailabel.datastore.local import LocalDatastore
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.config import TaskConfig
-from monailabel.interfaces.exception import MONAILabelError, MONAILabelException
 from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 from monailabel.interfaces.tasks.strategy import Strategy
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.activelearning.first import First
-from monailabel.utils.others.generic import strtobool
 
 logger = logging.getLogger(__name__)
-
-UPLOAD_NAME = re.compile(r"^tmp[A-Za-z0-9_]{6,}\.[A-Za-z0-9.]+$")
 
 
 class RefSAM3DApp(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
         conf = dict(conf or {})
-        self.model_dir = os.path.realpath(conf.get("model_dir") or default_model_dir(app_dir))
-        os.makedirs(self.model_dir, exist_ok=True)
-
-        config = lib.configs.RefSAM3DConfig()
         try:
-            config.init("refsam3d", self.model_dir, conf, None)
-            self.limits = ServerLimits.from_conf(conf)
+            self.settings = AppSettings.from_conf(conf, app_dir)
         except ConfError as e:
             print(f"\n--------------------------------------------------------------------------\nRefSAM3D: {e}\n"
                   "--------------------------------------------------------------------------\n")
             raise SystemExit(2) from None
+        self.model_dir = self.settings.model_dir
+        self.limits = self.settings.limits
+        os.makedirs(self.model_dir, exist_ok=True)
+        config = lib.configs.RefSAM3DConfig()
+        config.init("refsam3d", self.model_dir, conf, None, settings=self.settings)
         self.models: Dict[str, TaskConfig] = {"refsam3d": config}
 
         super().__init__(
@@ -86,7 +78,7 @@ class RefSAM3DApp(MONAILabelApp):
         install_http_error_handlers()
         self.infer_gate = install_server_limits(self.limits)  # /infer off the event loop, upload limit
         harden_sessions(self.sessions())  # session ids checked before they become paths
-        self.keep_versions = int(conf.get("train_keep_versions", 5))
+        self.keep_versions = self.settings.keep_versions
         install_web_routes(config.store, self.keep_versions, config.extra_warnings.append)  # before the guards
         install_auth()  # MONAI Label's token check made to work (PyJWT 2), /reload guarded
         install_datastore_guards()  # 400 for unsafe names, 404 for unknown ids, roles, upload names
@@ -113,7 +105,7 @@ class RefSAM3DApp(MONAILabelApp):
         datastore = super()._init_dicomweb_datastore()
         try:
             return RefSAM3DDICOMWebDatastore.adopt(datastore, self.models["refsam3d"].modality,
-                                                   self.conf.get("dicomweb_search_filter"))
+                                                   self.settings.dicomweb_search_filter)
         except ValueError as e:  # not JSON, or not an object
             print(f"\nRefSAM3D: --conf dicomweb_search_filter: {e}\n")
             raise SystemExit(2) from None
@@ -127,7 +119,7 @@ class RefSAM3DApp(MONAILabelApp):
         return infers
 
     def init_trainers(self) -> Dict[str, TrainTask]:
-        if strtobool(self.conf.get("skip_trainers", "false")):
+        if self.settings.skip_trainers:
             return {}
         trainers: Dict[str, TrainTask] = {}
         for name, task_config in self.models.items():
@@ -138,17 +130,17 @@ class RefSAM3DApp(MONAILabelApp):
 
     def init_strategies(self) -> Dict[str, Strategy]:
         strategies: Dict[str, Strategy] = {"random": SafeRandom(), "first": First()}
-        if not strtobool(self.conf.get("skip_strategies", "false")):
+        if not self.settings.skip_strategies:
             for task_config in self.models.values():
                 strategies.update(task_config.strategy() or {})
         try:  # OHIF always asks for 'random': --conf random_strategy NAME decides what serves that name
-            return alias_random(strategies, self.conf.get("random_strategy"))
+            return alias_random(strategies, self.settings.random_strategy)
         except ValueError as e:
             print(f"\nRefSAM3D: {e}\n")
             raise SystemExit(2) from None
 
     def init_scoring_methods(self) -> Dict[str, ScoringMethod]:
-        if strtobool(self.conf.get("skip_scoring", "true")):
+        if self.settings.skip_scoring:
             return {}
         methods: Dict[str, ScoringMethod] = {}
         for task_config in self.models.values():
@@ -182,9 +174,7 @@ class RefSAM3DApp(MONAILabelApp):
             state = card["headline"]
             meta["name"] = f"{self.name} - {state}"
             meta["description"] = f"{state}{knows_line(card)}. {self.description}"  # Slicer shows the app's description too
-        gate = getattr(self, "infer_gate", None)
-        if gate is not None:
-            meta["infer_queue"] = gate.stats()
+        meta["infer_queue"] = self.infer_gate.stats()
         meta["warnings"] = self._datastore_warnings(meta.get("datastore") or {})
         model = meta.get("models", {}).get("refsam3d")
         if model is not None:  # earlier published weights, newest first (restore: POST /model/refsam3d/versions/ID/restore)
@@ -221,14 +211,10 @@ class RefSAM3DApp(MONAILabelApp):
             request = self._check_request(request, datastore)
             check_volume_size(request.get("image"), self.limits.max_voxels, datastore or self.datastore())
             return super().infer(request, datastore)
-        except BadInputError as e:
-            raise HTTPException(status_code=e.status_code, detail=e.message) from None
-        except ModelUnavailableError as e:
-            raise HTTPException(status_code=503, detail=str(e)) from None
-        except MONAILabelException as e:
-            if e.error in (MONAILabelError.INVALID_INPUT, MONAILabelError.APP_ERROR):
-                raise HTTPException(status_code=400, detail=e.msg) from None
-            raise
+        except Exception as e:  # the error table (lib/errors.py): client mistakes -> 4xx, the rest stays a 500
+            if status_of(e) == 500:
+                raise
+            raise http_exception(e) from None
 
     def _allowed_roots(self):
         roots = []
@@ -239,7 +225,7 @@ class RefSAM3DApp(MONAILabelApp):
         except Exception:
             pass
         sessions = self.sessions()
-        if sessions is not None and getattr(sessions, "store_path", None):
+        if sessions is not None and sessions.store_path:
             roots.append(os.path.realpath(sessions.store_path))
         return roots
 
@@ -247,28 +233,23 @@ class RefSAM3DApp(MONAILabelApp):
         request = dict(request)
         model = request.get("model")
         if not model:
-            raise BadInputError("no model given: use POST /infer/refsam3d", 400)
+            raise BadRequest("no model given: use POST /infer/refsam3d")
         if model not in self._infers:
-            raise BadInputError(f"unknown model '{model}': available models are {', '.join(sorted(self._infers))}", 404)
+            raise NotFound(f"unknown model '{model}': available models are {', '.join(sorted(self._infers))}")
 
         image = request.get("image")
         if image is None or (isinstance(image, str) and not image.strip()):
-            raise BadInputError("no image: give an image id of the datastore (?image=...) or upload a file", 400)
+            raise BadRequest("no image: give an image id of the datastore (?image=...) or upload a file")
         if not isinstance(image, str):
             return request  # programmatic use with an in-memory image
         datastore = datastore if datastore else self.datastore()
 
         if os.path.exists(image):
             real = os.path.realpath(image)
-            is_upload = os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and UPLOAD_NAME.match(
-                os.path.basename(real)
-            )
             inside = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in self._allowed_roots())
-            if not (is_upload or inside):
-                raise BadInputError(
-                    f"image path '{image}' is outside the studies folder: give an image id of the datastore "
-                    "or upload the file", 403,
-                )
+            if not (is_upload(real) or inside):
+                raise Forbidden(f"image path '{image}' is outside the studies folder: give an image id of the "
+                                "datastore or upload the file")
             return request
 
         if isinstance(datastore, LocalDatastore) and not str(self.studies).startswith(("http://", "https://")):
@@ -282,12 +263,12 @@ class RefSAM3DApp(MONAILabelApp):
                 return request
             ids = datastore.list_images()
             shown = ", ".join(sorted(ids)[:10]) + (" ..." if len(ids) > 10 else "")
-            raise BadInputError(f"image '{image}' is not in the datastore ({len(ids)} images: {shown})", 404)
+            raise NotFound(f"image '{image}' is not in the datastore ({len(ids)} images: {shown})")
 
         try:  # DICOMweb and other remote datastores: fetch now to report a missing series clearly
             uri = datastore.get_image_uri(image)
         except Exception as e:
-            raise BadInputError(f"image '{image}' could not be fetched from the datastore: {str(e)[:300]}", 404) from None
+            raise NotFound(f"image '{image}' could not be fetched from the datastore: {str(e)[:300]}") from None
         if not uri or not os.path.exists(uri):
-            raise BadInputError(f"image '{image}' is not in the datastore", 404)
+            raise NotFound(f"image '{image}' is not in the datastore")
         return request

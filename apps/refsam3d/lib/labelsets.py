@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from lib.defaults import DEFAULT_CT_WINDOW, MODALITIES  # noqa: F401  (re-exported)
+from lib.parsing import parse_modality, parse_size
+
 LABELSET_DIR = Path(__file__).resolve().parent / "labelsets"
-MODALITIES = ("CT", "MR")
-DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
 DEFAULT_ROI = {"small": (64, 64, 64), "vit_b": (128, 128, 128)}
 MAX_PHRASE_CHARS = 200
 # Wrappers of a name or synonym ("{}") drawn by training when a label set names none of its own.
@@ -120,13 +121,12 @@ class LabelSet:
 
 
 def _triple(value: Any, what: str, source: str, cast=float) -> tuple:
-    if isinstance(value, (int, float)):
-        value = [value] * 3
-    if not isinstance(value, (list, tuple)) or len(value) != 3:
-        raise ValueError(f"label set {source}: '{what}' must be 3 numbers, got {value!r}")
-    out = tuple(cast(v) for v in value)
-    if any(v <= 0 for v in out):
-        raise ValueError(f"label set {source}: '{what}' must be positive, got {value!r}")
+    try:
+        out = parse_size(value, 3, cast)
+    except ValueError as e:
+        raise ValueError(f"label set {source}: '{what}' {e}") from None
+    if out is None:
+        raise ValueError(f"label set {source}: '{what}' must be one positive number or 3, got {value!r}")
     return out
 
 
@@ -135,11 +135,10 @@ def parse_label_set(data: Dict[str, Any], source: str = "<dict>") -> LabelSet:
     if not isinstance(data, dict):
         raise ValueError(f"label set {source}: expected a JSON object")
     name = str(data.get("name") or Path(source).stem)
-    modality = str(data.get("modality", "CT")).upper()
-    if modality in ("MRI",):
-        modality = "MR"
-    if modality not in MODALITIES:
-        raise ValueError(f"label set {source}: modality must be one of {MODALITIES}, got {modality!r}")
+    try:
+        modality = parse_modality(data.get("modality", "CT"))
+    except ValueError as e:
+        raise ValueError(f"label set {source}: modality {e}") from None
     spacing = _triple(data.get("target_spacing", [1.5, 1.5, 1.5]), "target_spacing", source)
 
     roi_raw = data.get("roi_size", {})

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from lib.atomic_files import new_file_mode
+from lib.defaults import DEFAULT_DEVICE, DEFAULT_TEXT_ENCODER
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,6 @@ SAM_VIT_B_URL = "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec6
 SAM_VIT_B_FILE = "sam_vit_b_01ec64.pth"
 # the official file's SHA-256 (375,042,383 bytes); the "01ec64" in its name is the start of its MD5, not of this
 SAM_VIT_B_SHA256 = "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912"
-DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
 MINILM_ALIASES = ("minilm", "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2")
 HF_ALLOW_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors", "vocab*", "merges*", "spiece*"]
 
@@ -145,7 +145,7 @@ class ModelStore:
     # ------------------------------------------------------------------ resolution of base weights
     @staticmethod
     def _resolve_device(device: Optional[str]) -> str:
-        d = (device or "auto").strip().lower()
+        d = (device or DEFAULT_DEVICE).strip().lower()
         if d in ("", "auto"):
             return "cuda" if torch.cuda.is_available() else "cpu"
         if d.startswith("cuda") and not torch.cuda.is_available():
@@ -160,13 +160,9 @@ class ModelStore:
     @property
     def uses_sam(self) -> bool:
         """Whether this preset's image encoder has the SAM ViT-B architecture (can load SAM weights)."""
-        try:
-            presets = getattr(_model_api(), "PRESETS", {})
-            cfg = presets.get(self.preset, {}) if isinstance(presets, dict) else {}
-            if isinstance(cfg, dict) and cfg:
-                # SAM-based presets freeze SAM's encoder; the small preset trains its encoder from scratch
-                return bool(cfg.get("sam", cfg.get("freeze_encoder", self.preset == "vit_b")))
-        except Exception:  # noqa: BLE001 - network module missing/broken: fall back to the name
+        try:  # SAM-based presets freeze SAM's encoder; the small preset trains its encoder from scratch
+            return bool(_model_api().PRESETS[self.preset]["freeze_encoder"])
+        except Exception:  # noqa: BLE001 - network module missing/broken, unknown preset: fall back to the name
             pass
         return self.preset == "vit_b"
 
@@ -260,13 +256,11 @@ class ModelStore:
             return None
 
     def _text_encoder_arg(self):
-        """A shared ``TextEncoder`` instance (loaded once) when the network module offers one, else the path."""
+        """The shared ``TextEncoder`` instance (loaded once)."""
         if self.text_encoder is None:
             raise RuntimeError("no text encoder is available (see the warnings in /info)")
         if self._text_encoder_obj is None:
-            api = _model_api()
-            cls = getattr(api, "TextEncoder", None)
-            self._text_encoder_obj = cls(self.text_encoder) if cls is not None else self.text_encoder
+            self._text_encoder_obj = _model_api().TextEncoder(self.text_encoder)
         return self._text_encoder_obj
 
     def build_fresh(self):
@@ -326,7 +320,7 @@ class ModelStore:
             return
         self._published_stamp, self._failed_stamp, self._published_loaded = stamp, None, True
         self._warnings = [w for w in self._warnings if "published weights" not in w]
-        lacking = getattr(model, "checkpoint_missing_parts", None) or {}
+        lacking = model.checkpoint_missing_parts  # set by load_checkpoint
         if lacking:  # an older file: the parts it predates (clicks) start untrained
             self._warn(f"published weights predate {', '.join(f'{k} ({v})' for k, v in lacking.items())}: those parts "
                        "are untrained until the train task runs again; text-only answers are unaffected")

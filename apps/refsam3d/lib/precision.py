@@ -15,7 +15,7 @@ from typing import Optional
 
 import torch
 
-PRECISIONS = ("auto", "float32", "bfloat16")
+from lib.defaults import PRECISIONS
 
 
 @functools.lru_cache(maxsize=1)

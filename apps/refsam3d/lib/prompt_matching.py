@@ -16,10 +16,11 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+# DEFAULT_MIN_SIMILARITY, measured with the MiniLM sentence encoder (docs/app.md, benchmarks/bench_prompt_similarity.py):
+# paraphrases and typos of the hippocampus labels score >= 0.62, structures the weights never saw (liver, amygdala,
+# brainstem, ...) <= 0.58.
+from lib.defaults import DEFAULT_MIN_SIMILARITY  # noqa: F401
 
-# Measured with the MiniLM sentence encoder (docs/app.md, benchmarks/bench_prompt_similarity.py): paraphrases and typos
-# of the hippocampus labels score >= 0.62, structures the weights never saw (liver, amygdala, brainstem, ...) <= 0.58.
-DEFAULT_MIN_SIMILARITY = 0.6
 
 
 def normalise(text: str) -> str:

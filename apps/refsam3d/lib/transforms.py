@@ -2,7 +2,7 @@
 
 ``load_transforms`` gives the one pipeline every part of the project uses::
 
-    LoadImaged (errors -> BadInputError; integer voxels stay integer, float64 -> float32) -> EnsureChannelFirstd
+    LoadImaged (errors -> lib/image_errors.py; integer voxels stay integer, float64 -> float32) -> EnsureChannelFirstd
     -> CheckImaged (3D, one channel, non-empty, finite) -> Orientationd("RAS") -> Spacingd (image bilinear, label
     nearest; output float32) -> intensity by modality -> EnsureTyped(float32)
 
@@ -17,7 +17,6 @@ Intensity: CT in Hounsfield units, window ``ct_window`` (default [-1000, 1000] H
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -32,28 +31,20 @@ from monai.transforms import (
     ScaleIntensityRangePercentilesd,
 )
 
+from lib.image_errors import ImageNotFoundError, UnreadableImageError, UnusableImageError
+from lib.parsing import parse_modality
 from lib.separable_spacing import SeparableSpacingd
+from lib.uploads import is_upload
 
-DEFAULT_CT_WINDOW = (-1000.0, 1000.0)
+from lib.defaults import DEFAULT_CT_WINDOW
 MR_PERCENTILES = (0.5, 99.5)
-
-
-class BadInputError(ValueError):
-    """The request's image (or parameters) cannot be segmented; ``status_code`` is a 4xx HTTP code."""
-
-    def __init__(self, message: str, status_code: int = 422):
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
 
 
 def display_name(path) -> str:
     """How to name an image in a message: its file name, or "the uploaded file" for MONAI Label's temporary uploads."""
-    real = os.path.realpath(str(path))
-    name = os.path.basename(real)
-    if os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and name.startswith("tmp"):
+    if is_upload(path):
         return "the uploaded file"
-    return f"'{name}'"
+    return f"'{os.path.basename(os.path.realpath(str(path)))}'"
 
 
 def _short(err: BaseException, limit: int = 300) -> str:
@@ -62,7 +53,8 @@ def _short(err: BaseException, limit: int = 300) -> str:
 
 
 class SafeLoadImaged(LoadImaged):
-    """``LoadImaged`` whose failures (corrupt, truncated, empty or unknown files) become ``BadInputError(400)``.
+    """``LoadImaged`` whose failures (corrupt, truncated, empty or unknown files) become ``UnreadableImageError``
+    (``ImageNotFoundError`` for a path that does not exist).
 
     ``compact=True``: integer volumes keep their stored dtype and float64 ones become float32 (every later
     step resamples to float32 anyway); otherwise ``LoadImaged``'s ``dtype`` applies.
@@ -81,11 +73,11 @@ class SafeLoadImaged(LoadImaged):
             if isinstance(path, (str, os.PathLike)):
                 p = str(path)
                 if not os.path.exists(p):
-                    raise BadInputError(f"image {display_name(p)} does not exist", 404)
+                    raise ImageNotFoundError(f"image {display_name(p)} does not exist")
                 if os.path.isfile(p) and os.path.getsize(p) == 0:
-                    raise BadInputError(f"image {display_name(p)} is empty (0 bytes)", 400)
+                    raise UnreadableImageError(f"image {display_name(p)} is empty (0 bytes)")
                 if os.path.isdir(p) and not any(os.scandir(p)):
-                    raise BadInputError(f"image folder {display_name(p)} is empty (no DICOM files)", 400)
+                    raise UnreadableImageError(f"image folder {display_name(p)} is empty (no DICOM files)")
         try:
             out = super().__call__(data, reader)
             if self.compact:
@@ -93,21 +85,20 @@ class SafeLoadImaged(LoadImaged):
                     if torch.is_tensor(out[key]) and out[key].dtype == torch.float64:
                         out[key] = out[key].to(torch.float32)
             return out
-        except BadInputError:
+        except (ImageNotFoundError, UnreadableImageError):
             raise
         except Exception as e:  # nibabel / ITK / zlib / EOF errors for corrupt or truncated files
             name = display_name(data.get(self.keys[0], ""))
-            raise BadInputError(
+            raise UnreadableImageError(
                 f"could not read {name} as a NIfTI, NRRD or DICOM volume "
-                f"(is the file complete and uncorrupted?): {_short(e)}",
-                400,
+                f"(is the file complete and uncorrupted?): {_short(e)}"
             ) from e
 
 
 class CheckImaged(MapTransform):
     """Reject what cannot be segmented: not 3D, several channels/time points, empty, NaN or infinite voxels.
 
-    Runs after ``EnsureChannelFirstd`` (shape ``[C, *spatial]``).  Raises ``BadInputError(422)``.
+    Runs after ``EnsureChannelFirstd`` (shape ``[C, *spatial]``).  Raises ``UnusableImageError``.
     """
 
     def __init__(self, keys="image", allow_missing_keys: bool = False):
@@ -120,22 +111,22 @@ class CheckImaged(MapTransform):
             shape = tuple(int(s) for s in img.shape)
             spatial = shape[1:]
             if any(s == 0 for s in shape):
-                raise BadInputError(f"{key} is empty: it has no voxels (shape {list(shape)})")
+                raise UnusableImageError(f"{key} is empty: it has no voxels (shape {list(shape)})")
             if len(spatial) != 3:
                 kind = "2D" if len(spatial) <= 2 else f"{len(spatial)}D"
-                raise BadInputError(
+                raise UnusableImageError(
                     f"{key} is {kind} (shape {list(shape[1:]) if len(spatial) <= 2 else list(shape)}); "
                     "RefSAM3D segments 3D volumes: send one 3D CT or MR volume"
                 )
             if shape[0] != 1:
-                raise BadInputError(
+                raise UnusableImageError(
                     f"{key} has {shape[0]} channels or time points (shape {list(shape)}), i.e. it is 4D; "
                     "send a single 3D volume (one channel)"
                 )
             if any(s == 0 for s in spatial):
-                raise BadInputError(f"{key} is empty (shape {list(spatial)} has no voxels)")
+                raise UnusableImageError(f"{key} is empty (shape {list(spatial)} has no voxels)")
             if sum(s < 2 for s in spatial) > 0:
-                raise BadInputError(
+                raise UnusableImageError(
                     f"{key} has shape {list(spatial)}: a single slice is a 2D image; "
                     "RefSAM3D needs a 3D volume with at least 2 voxels along every axis"
                 )
@@ -144,7 +135,7 @@ class CheckImaged(MapTransform):
                 finite = torch.isfinite(arr)
                 if not bool(finite.all()):
                     bad = int((~finite).sum())
-                    raise BadInputError(
+                    raise UnusableImageError(
                         f"{key} contains {bad} NaN or infinite voxel(s) out of {arr.numel()}; "
                         "fix or mask them before segmenting"
                     )
@@ -153,13 +144,14 @@ class CheckImaged(MapTransform):
 
 def intensity_transform(modality: str, keys: Sequence[str] | str = ("image",), ct_window=None):
     """CT: HU window -> [0, 1] clipped; MR: percentiles 0.5-99.5 -> [0, 1] clipped."""
-    modality = str(modality).upper()
-    if modality in ("MR", "MRI"):
+    try:
+        modality = parse_modality(modality)
+    except ValueError as e:
+        raise ValueError(f"modality {e}") from None
+    if modality == "MR":
         return ScaleIntensityRangePercentilesd(
             keys=keys, lower=MR_PERCENTILES[0], upper=MR_PERCENTILES[1], b_min=0.0, b_max=1.0, clip=True
         )
-    if modality != "CT":
-        raise ValueError(f"modality must be CT or MR, got {modality!r}")
     low, high = ct_window if ct_window is not None else DEFAULT_CT_WINDOW
     return ScaleIntensityRanged(keys=keys, a_min=float(low), a_max=float(high), b_min=0.0, b_max=1.0, clip=True)
 

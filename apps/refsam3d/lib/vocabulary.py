@@ -67,7 +67,7 @@ def own_phrasings(label_set) -> set[str]:
 def absent_vocabulary(label_set, vocabulary: Iterable[str] | None = None) -> list[str]:
     """The vocabulary phrases that name none of ``label_set``'s labels: what training may draw as absent."""
     names = [humanise(n) for n in label_set.labels]
-    return absent_phrases(names, own_phrasings(label_set), getattr(label_set, "overlapping", ()), vocabulary)
+    return absent_phrases(names, own_phrasings(label_set), label_set.overlapping, vocabulary)
 
 
 def absent_phrases(names: Sequence[str], own: Iterable[str], overlapping: Iterable[str] = (),

@@ -12,7 +12,7 @@ stores in the datastore's image info::
     uncertainty_ts           when it was computed
 
 Studies already scored by the same model version are skipped, so repeated runs are cheap; each run
-scores at most ``max_samples`` studies (request key or ``--conf al_max_samples``, default 20).
+scores at most ``max_samples`` studies (request key or ``--conf al_max_samples``, ``AppSettings``).
 
 ``UncertaintyStrategy`` (strategy ``uncertainty``) serves the unlabeled study with the highest
 score, preferring studies not served to anyone in the last ``reset`` seconds; studies without any
@@ -52,11 +52,6 @@ def model_version(task_config) -> str:
     return "base"
 
 
-def _conf(task_config, key: str, default):
-    conf = dict(getattr(task_config, "conf", None) or {})
-    return conf.get(key, default)
-
-
 def mask_entropy(probs: torch.Tensor, region: torch.Tensor) -> float:
     """Mean binary entropy (bits) of ``probs [K, *spatial]`` over the voxels of ``region [*spatial]``."""
     if not bool(region.any()):
@@ -78,31 +73,23 @@ class UncertaintyScoring(ScoringMethod):
     def __init__(self, task_config, max_samples: int | None = None, flip_axis: int = 0):
         super().__init__("Rank unlabeled studies by the model's uncertainty (mask entropy + test-time flip)")
         self.task_config = task_config
-        self.max_samples = int(max_samples if max_samples is not None else _conf(task_config, "al_max_samples", 20))
+        self.max_samples = int(max_samples if max_samples is not None else task_config.settings.al_max_samples)
         self.flip_axis = int(flip_axis)
 
     def _model_and_settings(self):
-        tc = self.task_config
-        conf = dict(getattr(tc, "conf", None) or {})
-        preset = str(getattr(tc, "preset", None) or conf.get("preset", "small"))
-        from lib.training.config import parse_size
-
-        roi = getattr(tc, "roi_size", None) or parse_size(conf.get("roi_size")) or tc.label_set.roi_size(preset)
-        overlap = float(getattr(tc, "sw_overlap", None) or conf.get("sw_overlap", 0.25))
-        model, _version = tc.store.get()
-        return model, tuple(int(r) for r in roi), overlap
+        settings = self.task_config.settings  # lib/settings.py: AppSettings
+        model, _version = self.task_config.store.get()
+        return model, tuple(int(r) for r in settings.roi_size), settings.sw_overlap_fraction
 
     def score_image(self, image_path: str, model, roi, overlap) -> dict[str, float]:
         from lib.evaluation import probs_to_masks
         from lib.inference import mirrored_predictions, sliding_window_segment
         from lib.training.data import val_transforms
 
-        tc = self.task_config
-        ls = tc.label_set
-        modality = getattr(tc, "modality", None) or ls.modality
-        spacing = getattr(tc, "target_spacing", None) or ls.target_spacing
-        window = getattr(ls, "ct_window", None) if str(modality).upper() == "CT" else None
-        data = val_transforms(modality, spacing, with_label=False, ct_window=window)({"image": image_path})
+        settings = self.task_config.settings
+        ls = settings.label_set
+        data = val_transforms(settings.modality, settings.target_spacing, with_label=False,
+                              ct_window=settings.ct_window)({"image": image_path})
         image = torch.as_tensor(data["image"]).float()[None]
         prompts = [ls.prompts.get(n) or n for n in ls.labels]
         device = next(model.parameters()).device

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from lib.request_settings import InferOptions
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-TEXT_CONFIG = {"text_prompt": "", "threshold": 0.5}
+TEXT_CONFIG = {"text_prompt": "", "threshold": InferOptions().threshold}
 CLICK_CONFIG = {**TEXT_CONFIG, "clicks_only": False}
 
 CLICK_HELP = (" Clicks: OHIF Point Prompts (select a segment, click foreground points, 'background' for negative "

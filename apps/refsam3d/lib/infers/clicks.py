@@ -10,7 +10,7 @@ Two request formats (docs/app.md, "Clicks"):
 Points are voxel indices ``[i, j, k]`` of the image as the server reads it (array axes 0, 1, 2 of MONAI's
 ``LoadImage``, before any re-orientation: OHIF's ``worldToIndex`` on the series volume, Slicer's ``RASToIJK``);
 :func:`to_model_grid` maps them through the pre-processing (orientation, resampling) into the model's grid.
-Anything malformed is a :class:`BadInputError` (422) with a message naming the bad entry.
+Anything malformed is an :class:`Unprocessable` (lib/errors.py) with a message naming the bad entry.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, Prompt, PromptParser, normalise
-from lib.transforms import BadInputError
+from lib.errors import Unprocessable
 
 MAX_CLICKS = 64
 
@@ -71,17 +71,17 @@ def _point_list(raw: Any, field: str) -> List[List[float]]:
     if not _given(raw):
         return []
     if not isinstance(raw, (list, tuple)):
-        raise BadInputError(f"{field} must be a list of [i, j, k] voxel coordinates, got {type(raw).__name__} {str(raw)[:80]!r}")
+        raise Unprocessable(f"{field} must be a list of [i, j, k] voxel coordinates, got {type(raw).__name__} {str(raw)[:80]!r}")
     if len(raw) > MAX_CLICKS:
-        raise BadInputError(f"{field} has {len(raw)} clicks; at most {MAX_CLICKS} are allowed per request")
+        raise Unprocessable(f"{field} has {len(raw)} clicks; at most {MAX_CLICKS} are allowed per request")
     out: List[List[float]] = []
     for n, p in enumerate(raw):
         if not isinstance(p, (list, tuple)) or len(p) != 3:
-            raise BadInputError(f"{field}[{n}] must be 3 voxel coordinates [i, j, k], got {str(p)[:80]!r}")
+            raise Unprocessable(f"{field}[{n}] must be 3 voxel coordinates [i, j, k], got {str(p)[:80]!r}")
         coords = []
         for c in p:
             if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(float(c)):
-                raise BadInputError(f"{field}[{n}] = {str(p)[:80]!r}: coordinates must be finite numbers")
+                raise Unprocessable(f"{field}[{n}] = {str(p)[:80]!r}: coordinates must be finite numbers")
             coords.append(float(c))
         out.append(coords)
     return out
@@ -91,14 +91,14 @@ def _label_list(raw: Any, n_points: int) -> List[int]:
     if not _given(raw):
         raw = []
     if not isinstance(raw, (list, tuple)):
-        raise BadInputError(f"point_labels must be a list of 1 (positive) / 0 (negative), got {str(raw)[:80]!r}")
+        raise Unprocessable(f"point_labels must be a list of 1 (positive) / 0 (negative), got {str(raw)[:80]!r}")
     if len(raw) != n_points:
-        raise BadInputError(f"points has {n_points} clicks but point_labels has {len(raw)} labels: give one label "
+        raise Unprocessable(f"points has {n_points} clicks but point_labels has {len(raw)} labels: give one label "
                             "(1 positive, 0 negative) per click")
     out = []
     for n, v in enumerate(raw):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or float(v) not in (0.0, 1.0):
-            raise BadInputError(f"point_labels[{n}] = {v!r}: must be 1 (positive) or 0 (negative)")
+            raise Unprocessable(f"point_labels[{n}] = {v!r}: must be 1 (positive) or 0 (negative)")
         out.append(int(v))
     return out
 
@@ -108,7 +108,7 @@ def read_clicks(request: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarra
     vista = _given(request.get("points")) or _given(request.get("point_labels"))
     deepgrow = _given(request.get("foreground")) or _given(request.get("background"))
     if vista and deepgrow:
-        raise BadInputError("send clicks either as points + point_labels (OHIF, VISTA3D style) or as "
+        raise Unprocessable("send clicks either as points + point_labels (OHIF, VISTA3D style) or as "
                             "foreground + background (3D Slicer, Deepgrow style), not both")
     if vista:
         points = _point_list(request.get("points"), "points")
@@ -119,7 +119,7 @@ def read_clicks(request: Dict[str, Any]) -> Optional[Tuple[np.ndarray, np.ndarra
     else:
         return None
     if len(points) > MAX_CLICKS:
-        raise BadInputError(f"{len(points)} clicks; at most {MAX_CLICKS} are allowed per request")
+        raise Unprocessable(f"{len(points)} clicks; at most {MAX_CLICKS} are allowed per request")
     if not points:
         return None
     return np.asarray(points, dtype=np.float64), np.asarray(labels, dtype=np.int64)
@@ -150,7 +150,7 @@ def parse_click_request(request: Dict[str, Any], parser: PromptParser) -> Option
     text = parser._text(request.get("text_prompt"))  # 422 for blank / over-long text
     entries = _label_prompt_entries(request.get("label_prompt"))
     if len(entries) > 1:
-        raise BadInputError(f"clicks refine one label: label_prompt must name one label, got {len(entries)} "
+        raise Unprocessable(f"clicks refine one label: label_prompt must name one label, got {len(entries)} "
                             f"({str(request.get('label_prompt'))[:80]})")
     free = parser.free_value
     if entries:
@@ -199,7 +199,7 @@ def check_inside(points: np.ndarray, shape: Sequence[int]) -> None:
     shape = [int(s) for s in shape][-3:]
     for n, p in enumerate(points):
         if any(not (-0.5 <= c < s - 0.5) for c, s in zip(p, shape)):
-            raise BadInputError(
+            raise Unprocessable(
                 f"click {n} at {[round(float(c), 2) for c in p]} is outside the image: it has "
                 f"{' x '.join(map(str, shape))} voxels (indices 0..{shape[0] - 1}, 0..{shape[1] - 1}, 0..{shape[2] - 1})"
             )

@@ -5,7 +5,7 @@ MONAI Label 0.8.5 answers several client mistakes with 500 before the app sees t
 that is not an object, "Neither Image nor File ..." as ``HTTPException(500)``).  The app cannot
 intercept those in ``MONAILabelApp.infer``, so ``install_http_error_handlers`` registers exception
 handlers on the running FastAPI application that turn exactly those cases into 400 and leave
-every other error alone.
+every other error alone; errors of the table (``lib/errors.py``) raised by any route get their own status.
 """
 
 from __future__ import annotations
@@ -16,27 +16,20 @@ import sys
 import traceback
 from typing import Callable, Dict, Optional
 
+from lib.errors import SERVER_ERROR, AppError, BadRequest, ClientMessage, json_response, text_response
+
 logger = logging.getLogger(__name__)
 
 PARAMS_HELP = 'the "params" form field must be a JSON object, e.g. {"text_prompt": "liver"} or {"label_prompt": [1, 2]}'
 
 # HTTPException(500) details of monailabel/endpoints/infer.py that are client mistakes
 CLIENT_ERRORS_500 = {
-    "Neither Image nor File not Session ID input is provided": (
-        400, "no image: give an image id of the datastore (?image=...), upload a file (form field 'file') or give a session_id"),
-    "DICOM SEG format is not supported in a non-DICOM datastore": (
-        400, "output=dicom_seg needs a DICOMweb datastore (--studies http://host/dicom-web); "
-             "with a local studies folder ask for output=image, json or all"),
+    "Neither Image nor File not Session ID input is provided": BadRequest(
+        "no image: give an image id of the datastore (?image=...), upload a file (form field 'file') or give a session_id"),
+    "DICOM SEG format is not supported in a non-DICOM datastore": BadRequest(
+        "output=dicom_seg needs a DICOMweb datastore (--studies http://host/dicom-web); "
+        "with a local studies folder ask for output=image, json or all"),
 }
-
-
-class ClientMessage(str):
-    """An error message with more JSON fields: answered as ``{"detail": message, **extra}`` (e.g. ``nearest_labels``)."""
-
-    def __new__(cls, message: str, **extra):
-        obj = super().__new__(cls, message)
-        obj.extra = extra
-        return obj
 
 
 def _raised_parsing_params(exc: BaseException) -> bool:
@@ -66,19 +59,22 @@ def install_http_error_handlers() -> bool:
 
     from fastapi.exception_handlers import http_exception_handler
     from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.responses import JSONResponse, PlainTextResponse
+    from starlette.responses import JSONResponse
 
     async def on_params_error(request, exc: Exception):
         detail = params_error_detail(exc)
         if detail is not None:
-            return JSONResponse({"detail": detail}, status_code=400)
+            return json_response(BadRequest(detail))
         logger.error("Unhandled error in %s %s", request.method, request.url.path, exc_info=exc)
-        return PlainTextResponse("Internal Server Error", status_code=500)
+        return text_response(exc)  # not in the table: a 500 that says nothing of the internals
+
+    async def on_app_error(request, exc: AppError):
+        return json_response(exc)
 
     async def on_http_exception(request, exc: StarletteHTTPException):
-        remap = CLIENT_ERRORS_500.get(str(exc.detail)) if exc.status_code == 500 else None
+        remap = CLIENT_ERRORS_500.get(str(exc.detail)) if exc.status_code == SERVER_ERROR else None
         if remap is not None:
-            return JSONResponse({"detail": remap[1]}, status_code=remap[0])
+            return json_response(remap)
         if isinstance(exc.detail, ClientMessage):
             return JSONResponse({"detail": str(exc.detail), **exc.detail.extra}, status_code=exc.status_code)
         return await http_exception_handler(request, exc)
@@ -89,6 +85,7 @@ def install_http_error_handlers() -> bool:
         TypeError: on_params_error,
         AttributeError: on_params_error,
         StarletteHTTPException: on_http_exception,
+        AppError: on_app_error,  # any error of the table raised outside /infer (web routes, guards)
     }
     patched = register_exception_handlers(fastapi_app, handlers)
     logger.info(f"RefSAM3D: client-error handlers installed (running stack patched: {patched})")

@@ -15,7 +15,8 @@ import re
 from typing import Any, Dict, List, Optional, Tuple
 
 from lib.labelsets import LabelSet
-from lib.transforms import BadInputError
+from lib.errors import Unprocessable
+from lib.settings import AppSettings
 
 FREE_TEXT_NAME = "free text prompt"
 MAX_LABEL_PROMPTS = 256
@@ -34,9 +35,9 @@ def normalise(text: str) -> str:
 
 
 class PromptParser:
-    """Turns a request's ``text_prompt`` / ``label_prompt`` into :data:`Prompt` tuples (BadInputError, 422)."""
+    """Turns a request's ``text_prompt`` / ``label_prompt`` into :data:`Prompt` tuples (``Unprocessable``)."""
 
-    def __init__(self, label_set: LabelSet, max_prompt_chars: int = 500):
+    def __init__(self, label_set: LabelSet, max_prompt_chars: int = AppSettings.max_prompt_chars):
         self.label_set = label_set
         self.max_prompt_chars = int(max_prompt_chars)
         self.free_value = free_text_value(label_set)
@@ -61,7 +62,7 @@ class PromptParser:
             name = self._resolve_label(item)
             if name == FREE_TEXT_NAME:
                 if text is None:
-                    raise BadInputError(
+                    raise Unprocessable(
                         f"label_prompt asks for '{FREE_TEXT_NAME}' ({self.free_value}) but there is no text_prompt: "
                         "type the text to segment in text_prompt (OHIF: Options / Configurations)"
                     )
@@ -88,15 +89,15 @@ class PromptParser:
         if text is None or text == "":
             return None  # 3D Slicer sends every option: an untouched text field arrives as ""
         if not isinstance(text, str):
-            raise BadInputError(f"text_prompt must be a string, got {type(text).__name__} {text!r}")
+            raise Unprocessable(f"text_prompt must be a string, got {type(text).__name__} {text!r}")
         stripped = " ".join(text.split())
         if not stripped or not re.search(r"\w", stripped):
-            raise BadInputError(
+            raise Unprocessable(
                 "text_prompt is empty (only spaces or punctuation): describe the structure to segment, "
                 "e.g. 'liver' or 'CT images, liver tumor segmentation'"
             )
         if len(stripped) > self.max_prompt_chars:
-            raise BadInputError(
+            raise Unprocessable(
                 f"text_prompt is {len(stripped)} characters long; at most {self.max_prompt_chars} are allowed"
             )
         return stripped
@@ -111,7 +112,7 @@ class PromptParser:
         if raw is None or raw == "" or raw == []:
             return []
         if isinstance(raw, bool):
-            raise BadInputError(f"label_prompt must be label indices (e.g. [1, 2]), got {raw!r}")
+            raise Unprocessable(f"label_prompt must be label indices (e.g. [1, 2]), got {raw!r}")
         if isinstance(raw, (int, float)):
             items: List[Any] = [raw]
         elif isinstance(raw, str):
@@ -119,32 +120,32 @@ class PromptParser:
         elif isinstance(raw, (list, tuple)):
             items = list(raw)
         else:
-            raise BadInputError(f"label_prompt must be a list of label indices, got {type(raw).__name__}")
+            raise Unprocessable(f"label_prompt must be a list of label indices, got {type(raw).__name__}")
         if len(items) > MAX_LABEL_PROMPTS:
-            raise BadInputError(f"label_prompt has {len(items)} entries; at most {MAX_LABEL_PROMPTS} are allowed")
+            raise Unprocessable(f"label_prompt has {len(items)} entries; at most {MAX_LABEL_PROMPTS} are allowed")
         return items
 
     def _resolve_label(self, item: Any) -> str:
         valid = ", ".join(f"{i}={n}" for n, i in self.label_set.labels.items())
         if isinstance(item, bool) or not isinstance(item, (int, float, str)):
-            raise BadInputError(f"label_prompt entry {item!r} is not a label index; label set '{self.label_set.name}' has {valid}")
+            raise Unprocessable(f"label_prompt entry {item!r} is not a label index; label set '{self.label_set.name}' has {valid}")
         if isinstance(item, str) and not re.fullmatch(r"[+-]?\d+(\.0*)?", item.strip()):
             if normalise(item) == FREE_TEXT_NAME:
                 return FREE_TEXT_NAME
             name = self._by_text.get(normalise(item))
             if name is None:
-                raise BadInputError(
+                raise Unprocessable(
                     f"label_prompt entry '{item}' is not a label of label set '{self.label_set.name}'; valid: {valid}"
                 )
             return name
         value = float(item)
         if value != int(value):
-            raise BadInputError(f"label_prompt entry {item!r} is not an integer label index; valid: {valid}")
+            raise Unprocessable(f"label_prompt entry {item!r} is not an integer label index; valid: {valid}")
         if int(value) == self.free_value:
             return FREE_TEXT_NAME
         try:
             return self.label_set.name_of(int(value))
         except KeyError:
-            raise BadInputError(
+            raise Unprocessable(
                 f"label_prompt index {int(value)} is not in label set '{self.label_set.name}'; valid: {valid}"
             ) from None

@@ -16,22 +16,20 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from lib.infers.errors import ClientMessage
+from lib.errors import Unprocessable
 from lib.labelsets import LabelSet
 from lib.labelsets import trained_phrasings
 from lib.prompt_matching import DEFAULT_MIN_SIMILARITY, PromptMatch, PromptMatcher, encoder_embed
-from lib.transforms import BadInputError
 
 
 Prompt = Tuple[str, int, str]  # (name in the response, value in the mask, text given to the model)
 
 
-class UnknownPromptError(BadInputError):
-    """``strict_prompts``: a prompt too far from everything the served weights know (422, with the nearest labels)."""
+class UnknownPromptError(Unprocessable):
+    """``strict_prompts``: a prompt too far from everything the served weights know (with the nearest labels)."""
 
     def __init__(self, message: str, nearest_labels: List[str], similarity: Dict[str, Any]):
-        super().__init__(message, 422)
-        self.message = ClientMessage(message, nearest_labels=nearest_labels, prompt_similarity=similarity)
+        super().__init__(message, nearest_labels=nearest_labels, prompt_similarity=similarity)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,16 +30,19 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
+from lib.errors import BadRequest, NotFound, Unavailable, Unprocessable
 from lib.encoding_cache import EncodingCache, file_identity, nbytes
 from lib.inference import segment_prompts
 from lib.infers.click_task import parse_request, run_clicks, text_answer_keeper
 from lib.infers.prompt_parsing import FREE_TEXT_NAME, PromptParser
 from lib.infers.prompt_report import PromptChecks, PromptReporter
 from lib.label_resample import resample_label_map
-from lib.labelsets import LabelSet
 from lib.model_store import ModelStore
 from lib.precision import precision_name
-from lib.transforms import BadInputError, load_transforms
+from lib.request_settings import RESULT_EXTENSIONS, InferOptions
+from lib.settings import AppSettings
+from lib.transforms import load_transforms
+from lib.uploads import is_upload
 from lib.weights_card import headline, knows_line, read_extra, read_summary
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
@@ -48,18 +50,6 @@ from monailabel.transform.post import Restored
 
 logger = logging.getLogger(__name__)
 
-RESULT_EXTENSIONS = (".nrrd", ".seg.nrrd", ".nii.gz", ".nii")
-RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "uint32")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The network could not be built (see /info for why); answered with 503."""
-
-
-def _is_upload(path: str) -> bool:
-    """MONAI Label stores uploads as ``<tempdir>/tmpXXXXXXXX<ext>``: identify those by content, not by name."""
-    real = os.path.realpath(path)
-    return os.path.dirname(real) == os.path.realpath(tempfile.gettempdir()) and os.path.basename(real).startswith("tmp")
 
 
 class RestoreGeometryd(MapTransform):
@@ -94,36 +84,32 @@ class RefSAM3DInfer(BasicInferTask):
     def __init__(
         self,
         store: ModelStore,
-        label_set: LabelSet,
+        settings: AppSettings,
         cache: EncodingCache,
-        target_spacing: Sequence[float],
-        roi_size: Sequence[int],
-        sw_overlap: float | str = "auto",
-        sw_batch_size: int = 1,
-        modality: Optional[str] = None,
-        max_prompt_chars: int = 500,
         prompt_chunk: int = 8,
         description: str = "",
         extra_warnings: Optional[List[str]] = None,
-        prompt_checks: Optional[PromptChecks] = None,
         infer_type: str = InferType.SEGMENTATION,
         config: Optional[Dict[str, Any]] = None,
         description_suffix: str = "",
         precision: Optional[torch.dtype] = None,
         **kwargs,
     ):
+        """``settings``: the app's parsed ``--conf`` (label set, modality, spacing, ROI, overlap, prompt checks)."""
         self.store = store
-        self.label_set = label_set
+        self.settings = settings
+        self.label_set = label_set = settings.label_set
         self.cache = cache
-        self.target_spacing = tuple(float(s) for s in target_spacing)
-        self.sw_overlap = sw_overlap if isinstance(sw_overlap, str) else float(sw_overlap)
-        self.sw_batch_size = int(sw_batch_size)
+        self.target_spacing = tuple(float(s) for s in settings.target_spacing)
+        self.sw_overlap = settings.sw_overlap
+        self.sw_batch_size = settings.sw_batch_size
         self.precision = precision  # autocast dtype of the image encoding (lib/precision.py); None = float32
-        self.modality = (modality or label_set.modality).upper()
-        self.max_prompt_chars = int(max_prompt_chars)
+        self.modality = settings.modality
+        self.max_prompt_chars = settings.max_prompt_chars
         self.prompts = PromptParser(label_set, self.max_prompt_chars)
         self.prompt_chunk = int(prompt_chunk)
-        self.reporter = PromptReporter(label_set, prompt_checks)  # found / confidence / prompt_similarity
+        checks = PromptChecks(min_similarity=settings.min_prompt_similarity, strict=settings.strict_prompts)
+        self.reporter = PromptReporter(label_set, checks)  # found / confidence / prompt_similarity
         self.extra_warnings = extra_warnings if extra_warnings is not None else []
         self._base_description = description or (
             f"RefSAM3D text-prompted 3D segmentation ({store.preset}); label set '{label_set.name}' "
@@ -138,9 +124,9 @@ class RefSAM3DInfer(BasicInferTask):
             labels=label_set.labels,
             dimension=3,
             description=self._base_description,
-            config=config or {"text_prompt": "", "threshold": 0.5},
+            config=config or {"text_prompt": "", "threshold": InferOptions().threshold},
             load_strict=False,
-            roi_size=tuple(int(r) for r in roi_size),
+            roi_size=tuple(int(r) for r in settings.roi_size),
             **kwargs,
         )
 
@@ -192,65 +178,20 @@ class RefSAM3DInfer(BasicInferTask):
 
     # ------------------------------------------------------------------ request parsing
     def parse_prompts(self, request: Dict[str, Any]) -> Tuple[str, List[Tuple[str, int, str]]]:
-        """(mode, [(name, value in the mask, text prompt)]); BadInputError(422) for bad prompts (lib/infers/prompt_parsing.py)."""
+        """(mode, [(name, value in the mask, text prompt)]); ``Unprocessable`` for bad prompts (lib/infers/prompt_parsing.py)."""
         return self.prompts.parse(request)
-
-    def _parse_options(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        out: Dict[str, Any] = {}
-        thr = request.get("threshold", 0.5)
-        try:
-            thr = float(thr[0] if isinstance(thr, (list, tuple)) else thr)
-        except (TypeError, ValueError):
-            raise BadInputError(f"threshold must be a number between 0 and 1, got {thr!r}") from None
-        if not 0.0 < thr < 1.0:
-            raise BadInputError(f"threshold must be between 0 and 1 (exclusive), got {thr}")
-        out["threshold"] = thr
-
-        ov = request.get("sw_overlap", self.sw_overlap)
-        if isinstance(ov, str) and ov.strip().lower() in ("", "auto"):
-            out["sw_overlap"] = "auto"
-        else:
-            try:
-                ov = float(ov)
-            except (TypeError, ValueError):
-                raise BadInputError(f"sw_overlap must be 'auto' or a number in [0, 0.9], got {ov!r}") from None
-            if not 0.0 <= ov <= 0.9:
-                raise BadInputError(f"sw_overlap must be 'auto' or a number in [0, 0.9], got {ov}")
-            out["sw_overlap"] = ov
-
-        modality = str(request.get("modality") or self.modality).upper()
-        modality = "MR" if modality == "MRI" else modality
-        if modality not in ("CT", "MR"):
-            raise BadInputError(f"modality must be CT or MR, got {request.get('modality')!r}")
-        out["modality"] = modality
-
-        ext = request.get("result_extension") or None
-        if ext is not None:
-            ext = str(ext).strip().lower()
-            ext = ext if ext.startswith(".") else "." + ext
-            if ext not in RESULT_EXTENSIONS:
-                raise BadInputError(f"result_extension must be one of {', '.join(RESULT_EXTENSIONS)}, got {ext!r}")
-        out["result_extension"] = ext
-
-        dtype = request.get("result_dtype") or None
-        if dtype is not None:
-            dtype = str(dtype).strip().lower()
-            if dtype not in RESULT_DTYPES:
-                raise BadInputError(f"result_dtype must be one of {', '.join(RESULT_DTYPES)}, got {dtype!r}")
-        out["result_dtype"] = dtype
-        return out
 
     # ------------------------------------------------------------------ the call
     def __call__(self, request, callbacks=None):
         request = dict(request)
         mode, prompts, clicks = parse_request(self, request)  # clicks: lib/infers/click_task.py
-        opts = self._parse_options(request)
+        opts = InferOptions.from_request(request, self.sw_overlap, self.modality)
         model, version = self._served_model()  # prompts far from what it knows: warned, or 422 when strict
         matcher = self.reporter.matcher(model, version, read_extra(self.store.published_path))
         matches, prompt_warnings = self.reporter.check([p for p in prompts if p[2]], matcher)  # not clicks only
         max_value = max(v for _, v, _ in prompts)
-        if opts["result_dtype"] == "uint8" and max_value > 255:
-            raise BadInputError(f"result_dtype uint8 cannot hold label value {max_value}; ask for uint16")
+        if opts.result_dtype == "uint8" and max_value > 255:
+            raise Unprocessable(f"result_dtype uint8 cannot hold label value {max_value}; ask for uint16")
         request.update(
             {
                 "_prompts": prompts,
@@ -258,11 +199,11 @@ class RefSAM3DInfer(BasicInferTask):
                 "_prompt_matches": matches,
                 "_prompt_warnings": prompt_warnings,
                 "_clicks": clicks,
-                "threshold": opts["threshold"],
-                "sw_overlap": opts["sw_overlap"],
-                "modality": opts["modality"],
-                "result_dtype": opts["result_dtype"] or ("uint8" if max_value <= 255 else "uint16"),
-                "result_extension": opts["result_extension"],
+                "threshold": opts.threshold,
+                "sw_overlap": opts.sw_overlap,
+                "modality": opts.modality,
+                "result_dtype": opts.result_dtype or ("uint8" if max_value <= 255 else "uint16"),
+                "result_extension": opts.result_extension,
             }
         )
         result_file, result_json = super().__call__(request, callbacks)
@@ -275,7 +216,7 @@ class RefSAM3DInfer(BasicInferTask):
     def _image_identity(self, path: str) -> Tuple:
         if os.path.isdir(path):
             return file_identity(path)
-        return file_identity(path, hash_content=_is_upload(path))
+        return file_identity(path, hash_content=is_upload(path))  # uploads: identified by content, not by name
 
     def _pre_settings(self, data) -> Tuple:
         window = tuple(self.label_set.ct_window) if data.get("modality", self.modality) == "CT" else None
@@ -288,9 +229,9 @@ class RefSAM3DInfer(BasicInferTask):
     def run_pre_transforms(self, data: Dict[str, Any], transforms):
         path = data.get("image")
         if not isinstance(path, str) or not path:
-            raise BadInputError("no image: give an image id of the datastore or upload a file", 400)
+            raise BadRequest("no image: give an image id of the datastore or upload a file")
         if not os.path.exists(path):
-            raise BadInputError(f"image '{os.path.basename(path)}' does not exist", 404)
+            raise NotFound(f"image '{os.path.basename(path)}' does not exist")
         identity = self._image_identity(path)
         key = ("image", identity, self._pre_settings(data))
         data["_identity"] = identity
@@ -312,7 +253,7 @@ class RefSAM3DInfer(BasicInferTask):
         try:
             return self.store.get()
         except Exception as e:
-            raise ModelUnavailableError(
+            raise Unavailable(
                 f"the RefSAM3D network is not available ({type(e).__name__}: {str(e)[:300]}); see /info for the weights status"
             ) from e
 

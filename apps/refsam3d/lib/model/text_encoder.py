@@ -19,7 +19,7 @@ from typing import Sequence, Union
 import torch
 import torch.nn as nn
 
-DEFAULT_TEXT_ENCODER = "openai/clip-vit-base-patch16"
+from lib.defaults import DEFAULT_TEXT_ENCODER  # noqa: E402  (one place for the defaults: lib/defaults.py)
 
 
 @dataclass

@@ -56,8 +56,8 @@ def from_token(token: str):
     """MONAI Label's ``from_token`` with the signature algorithms given; raises ``jwt.InvalidTokenError``."""
     import jwt
     import requests
-    from fastapi import HTTPException
 
+    from lib.errors import Unavailable, http_exception
     from monailabel.config import settings
     from monailabel.endpoints.user.auth import DEFAULT_USER, User
 
@@ -69,8 +69,8 @@ def from_token(token: str):
         raise jwt.InvalidTokenError(str(e)) from None
     except (requests.RequestException, RuntimeError, ValueError) as e:
         logger.error(f"RefSAM3D: identity provider unreachable: {e}")
-        raise HTTPException(503, f"the identity provider ({settings.MONAI_LABEL_AUTH_REALM_URI}) cannot be reached; "
-                                 "try again later") from None
+        raise http_exception(Unavailable(f"the identity provider ({settings.MONAI_LABEL_AUTH_REALM_URI}) cannot be "
+                                         "reached; try again later")) from None
     options = {"verify_signature": True, "verify_aud": False, "verify_exp": True, "require": ["exp"]}
     payload = jwt.decode(token, key, algorithms=ALGORITHMS, options=options)
     roles = _claim(payload, settings.MONAI_LABEL_AUTH_TOKEN_ROLES) or []
@@ -108,16 +108,16 @@ class ReloadGuard:
 def _install_login_errors(fastapi_app) -> None:
     """``POST /auth/token`` with a wrong password: MONAI Label lets the issuer's 401 become a 500; answer 401."""
     import requests
-    from starlette.responses import JSONResponse
 
+    from lib.errors import BadGateway, Unauthorized, json_response
     from lib.infers.errors import register_exception_handlers
 
     async def on_issuer_error(request, exc: requests.HTTPError):
-        status = getattr(exc.response, "status_code", 502)
+        status = exc.response.status_code if exc.response is not None else None  # the issuer's answer
         if request.url.path.rstrip("/") == "/auth/token" and status in (400, 401):
-            return JSONResponse({"detail": "login refused by the identity provider: wrong user name or password"},
-                                status_code=401, headers={"WWW-Authenticate": "Bearer"})
-        return JSONResponse({"detail": f"the identity provider answered {status}"}, status_code=502)
+            return json_response(Unauthorized("login refused by the identity provider: wrong user name or password",
+                                              headers={"WWW-Authenticate": "Bearer"}))
+        return json_response(BadGateway(f"the identity provider answered {status}"))
 
     register_exception_handlers(fastapi_app, {requests.HTTPError: on_issuer_error})
 

@@ -1,7 +1,8 @@
 """HTTP side of the name checks: datastore client errors answered with 400/404, uploaded file names checked.
 
-* ``UnsafeNameError`` (``lib/server/names.py``) -> 400 with its message; MONAI Label's ``ImageNotFoundException`` /
-  ``LabelNotFoundException`` (its endpoints let them become 500) -> 404.
+* ``UnsafeNameError`` (``lib/server/names.py``, a ``BadRequest``) and MONAI Label's ``ImageNotFoundException`` /
+  ``LabelNotFoundException`` (its endpoints let them become 500; ``NotFound`` in the table): answered by
+  ``lib/errors.py``.
 * Uploaded file names and the app's roles: ``lib/server/route_guard.py``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from lib.errors import json_response
 from lib.infers.errors import register_exception_handlers
 from lib.server.install import running_fastapi_app
 from lib.server.names import UnsafeNameError
@@ -22,16 +24,14 @@ def install_datastore_guards() -> bool:
     fastapi_app = running_fastapi_app()
     if fastapi_app is None:
         return False
-    from starlette.responses import JSONResponse
-
     from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
     async def on_unsafe_name(request, exc: UnsafeNameError):
         logger.warning(f"RefSAM3D: refused {request.method} {request.url.path}: {exc.message}")
-        return JSONResponse({"detail": exc.message}, status_code=exc.status_code)
+        return json_response(exc)
 
     async def on_not_found(request, exc):
-        return JSONResponse({"detail": str(getattr(exc, "msg", exc))}, status_code=404)
+        return json_response(exc)
 
     register_exception_handlers(fastapi_app, {UnsafeNameError: on_unsafe_name, ImageNotFoundException: on_not_found,
                                               LabelNotFoundException: on_not_found})

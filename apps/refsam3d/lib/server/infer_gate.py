@@ -21,8 +21,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Dict
 
-from fastapi import HTTPException
 from fastapi.routing import APIRoute
+
+from lib.errors import Unavailable, http_exception
 
 logger = logging.getLogger(__name__)
 
@@ -144,11 +145,9 @@ def offload_infer_route(fastapi_app, gate: InferenceGate) -> bool:
         try:
             return await gate.run(lambda: run_inference(**args))
         except QueueFullError as e:
-            raise HTTPException(
-                status_code=503, headers={"Retry-After": str(e.retry_after)},
-                detail=f"the server is busy: {gate.max_concurrent} inferences running and {gate.max_queued} waiting; "
-                       f"retry in about {e.retry_after} s",
-            ) from None
+            raise http_exception(Unavailable(
+                f"the server is busy: {gate.max_concurrent} inferences running and {gate.max_queued} waiting; "
+                f"retry in about {e.retry_after} s", headers={"Retry-After": str(e.retry_after)})) from None
 
     api_run_inference.__signature__ = inspect.signature(infer_endpoint.api_run_inference)
     api_run_inference.__doc__ = infer_endpoint.api_run_inference.__doc__

@@ -4,21 +4,21 @@ Image ids, label ids, label tags, session ids and the names derived from uploade
 ``check_name`` before the datastore or the session store turns them into a path.  The rule is an allow-list,
 not a deny-list: ASCII letters, digits and ``_ - . +`` (and inner spaces), at most ``MAX_NAME_CHARS``
 characters, not starting with a dot or a space; so ``..``, ``/``, ``\\``, NUL, absolute paths, drive letters,
-percent-encoded forms that survived decoding and hidden files are all refused (``UnsafeNameError``, HTTP 400).
+percent-encoded forms that survived decoding and hidden files are all refused (``UnsafeNameError``, a ``BadRequest``).
 """
 
 from __future__ import annotations
 
 import re
 
+from lib.errors import BadRequest
+
 MAX_NAME_CHARS = 128
 _ALLOWED = re.compile(r"[A-Za-z0-9_+\-][A-Za-z0-9_+\-. ]*")
 
 
-class UnsafeNameError(ValueError):
-    """A client-given name that may not become part of a path; answered with ``status_code`` (400)."""
-
-    status_code = 400
+class UnsafeNameError(BadRequest, ValueError):
+    """A client-given name that may not become part of a path."""
 
     def __init__(self, kind: str, value: object, reason: str):
         shown = repr(value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "...")

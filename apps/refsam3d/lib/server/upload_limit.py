@@ -12,6 +12,8 @@ import json
 import logging
 from typing import Awaitable, Callable, Dict
 
+from lib.errors import STATUS, TooLarge
+
 logger = logging.getLogger(__name__)
 
 Message = Dict
@@ -33,7 +35,7 @@ class UploadLimitMiddleware:
 
     async def _reject(self, send: Send, size: str) -> None:
         body = json.dumps({"detail": self._message(size)}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await send({"type": "http.response.start", "status": STATUS[TooLarge],
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})

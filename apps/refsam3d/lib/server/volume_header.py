@@ -69,8 +69,9 @@ def oversized_message(path: str, max_voxels: int, shown_name: str) -> Optional[s
 
 
 def check_volume_size(image: Any, max_voxels: int, datastore: Any) -> None:
-    """Raise ``BadInputError`` (422) when the request's image (path or datastore id) declares too many voxels."""
-    from lib.transforms import BadInputError, display_name
+    """Raise ``Unprocessable`` when the request's image (path or datastore id) declares too many voxels."""
+    from lib.errors import Unprocessable
+    from lib.transforms import display_name
 
     if not isinstance(image, str):
         return
@@ -83,4 +84,4 @@ def check_volume_size(image: Any, max_voxels: int, datastore: Any) -> None:
     if path and os.path.exists(path):
         message = oversized_message(path, max_voxels, display_name(path))
         if message:
-            raise BadInputError(message, 422)
+            raise Unprocessable(message)

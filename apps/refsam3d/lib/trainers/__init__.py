@@ -1,3 +1,3 @@
-from .refsam3d import RefSAM3DTrain, defaults_from_conf
+from .refsam3d import RefSAM3DTrain
 
-__all__ = ["RefSAM3DTrain", "defaults_from_conf"]
+__all__ = ["RefSAM3DTrain"]

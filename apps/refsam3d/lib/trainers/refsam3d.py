@@ -20,36 +20,18 @@ from monailabel.utils.others.generic import device_list
 from lib.training import (
     PromptDiceCELoss,
     PromptModelAdapter,
-    TrainConfig,
     entries_from_label_set,
     run_training,
     split_datalist,
     train_transforms,
     val_transforms,
 )
-from lib.training.config import AUGMENTATION_PROFILES, first, parse_bool, parse_size, sizes_str
+from lib.defaults import PRESETS
+from lib.parsing import sizes_str
+from lib.request_settings import TrainRequest
+from lib.training.config import AUGMENTATION_PROFILES
 
 logger = logging.getLogger(__name__)
-
-PRESETS = ("small", "vit_b")
-
-# --conf keys (strings) that set the defaults of the train options: "train_<option>"
-CONF_PREFIX = "train_"
-
-
-# default learning rate per preset: the paper's 1e-4 fine-tunes adapters on pre-trained SAM (vit_b);
-# the small preset has no pre-trained image encoder and learns from scratch (see docs/training.md)
-DEFAULT_LR = {"vit_b": 1e-4, "small": 1e-3}
-
-
-def defaults_from_conf(conf: dict, preset: str = "vit_b") -> TrainConfig:
-    """``--conf train_max_epochs 20 --conf train_learning_rate 1e-3 ...`` -> the default ``TrainConfig`` of the task."""
-    values = {}
-    for key, value in (conf or {}).items():
-        if key.startswith(CONF_PREFIX):
-            values[key[len(CONF_PREFIX):]] = value
-    base = TrainConfig(max_epochs=50, learning_rate=DEFAULT_LR.get(preset, 1e-4), val_split=0.2)
-    return TrainConfig.from_mapping(values, base=base)
 
 
 class RefSAM3DTrain(BasicTrainTask):
@@ -58,16 +40,15 @@ class RefSAM3DTrain(BasicTrainTask):
     def __init__(self, config, description: str = "Fine-tune RefSAM3D on the final labels (text prompt per label)",
                  **kwargs):
         self.task_config = config
-        conf = dict(getattr(config, "conf", None) or {})
-        self.label_set = config.label_set
+        self.settings = settings = config.settings  # lib/settings.py: AppSettings, parsed once at start-up
+        self.label_set = settings.label_set
         self.store = config.store
-        self.preset = str(getattr(config, "preset", None) or conf.get("preset", "small"))
-        self.base_cfg = defaults_from_conf(conf, self.preset)
-        roi = getattr(config, "roi_size", None) or parse_size(conf.get("roi_size"))
-        self.roi_size = tuple(roi) if roi else tuple(self.label_set.roi_size(self.preset))
-        self.overlap = float(getattr(config, "sw_overlap", None) or conf.get("sw_overlap", 0.25))
-        self.modality = str(getattr(config, "modality", None) or self.label_set.modality)
-        self.target_spacing = tuple(getattr(config, "target_spacing", None) or self.label_set.target_spacing)
+        self.preset = settings.preset
+        self.base_cfg = settings.train
+        self.roi_size = tuple(settings.roi_size)
+        self.overlap = settings.sw_overlap_fraction
+        self.modality = settings.modality
+        self.target_spacing = tuple(settings.target_spacing)
         crop = self.base_cfg.crop_size or self.roi_size
         user_config: dict[str, Any] = {
             "name": "train_01",
@@ -91,7 +72,7 @@ class RefSAM3DTrain(BasicTrainTask):
             "multi_gpu": False,
             "gpus": "all",
         }
-        model_dir = os.path.join(str(config.model_dir), str(getattr(config, "name", "refsam3d")))
+        model_dir = os.path.join(str(config.model_dir), str(config.name or "refsam3d"))
         super().__init__(
             model_dir=model_dir,
             description=description,
@@ -145,9 +126,9 @@ class RefSAM3DTrain(BasicTrainTask):
         store = self.store
         return ModelStore(
             self.task_config.model_dir, preset,
-            sam_checkpoint=getattr(store, "sam_checkpoint", None),
-            text_encoder=getattr(store, "text_encoder", None),
-            use_pretrained_model=getattr(store, "use_pretrained_model", True),
+            sam_checkpoint=store.sam_checkpoint,
+            text_encoder=store.text_encoder,
+            use_pretrained_model=store.use_pretrained_model,
         )
 
     def _load_model(self, preset: str, pretrained: bool):
@@ -160,8 +141,8 @@ class RefSAM3DTrain(BasicTrainTask):
 
                 model = load_checkpoint(
                     str(published),
-                    sam_checkpoint=getattr(store, "sam_checkpoint", None),
-                    text_encoder=getattr(store, "text_encoder", None),
+                    sam_checkpoint=store.sam_checkpoint,
+                    text_encoder=store.text_encoder,
                     map_location="cpu",
                 )
                 logger.info(f"Fine-tuning the published model {published}")
@@ -180,31 +161,28 @@ class RefSAM3DTrain(BasicTrainTask):
         return datastore.datalist()
 
     def train(self, rank, world_size, request, datalist):
-        cfg = TrainConfig.from_mapping(request, base=self.base_cfg)
-        preset = str(first(request.get("preset")) or self.preset)
-        if preset not in PRESETS:
-            raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
+        run = TrainRequest.from_request(request, self.base_cfg, self.preset)  # lib/request_settings.py
+        cfg, preset = run.config, run.preset
         store = self._store_for(preset)
         if preset != self.preset:
             logger.warning(f"Training preset {preset!r} while the server serves {self.preset!r}: the result is "
                            f"published to {store.published_path} and served after a restart with --conf preset {preset}")
-        roi = self.roi_size if preset == self.preset else tuple(self.label_set.roi_size(preset))
+        roi = self.settings.roi_for(preset)
         crop = tuple(cfg.crop_size) if cfg.crop_size else roi
         entries = entries_from_label_set(self.label_set, cfg.labels)
-        pretrained = parse_bool(first(request.get("pretrained", True)))
-        model, from_published = self._load_model(preset, pretrained)
+        model, from_published = self._load_model(preset, run.pretrained)
 
         datalist = [d for d in datalist if d.get("label")]
         train_list, val_list = split_datalist(datalist, cfg.val_split, seed=cfg.seed)
         run_id = request.get("run_id")
-        output_dir = Path(self._model_dir) / str(first(request.get("name")) or "train_01")
+        output_dir = Path(self._model_dir) / run.name
         output_dir.mkdir(parents=True, exist_ok=True)
         logger.info(f"{len(datalist)} labelled studies: {len(train_list)} train, {len(val_list)} validation; "
                     f"output {output_dir}")
         adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, overlap=self.overlap, device=cfg.device,
                                      seed=cfg.seed)
         extra = {
-            "label_set": self.label_set.to_json() if hasattr(self.label_set, "to_json") else self.label_set.name,
+            "label_set": self.label_set.to_json(),
             "label_set_name": self.label_set.name,
             "trained_labels": [e.name for e in entries],
             "preset": preset,
@@ -217,5 +195,5 @@ class RefSAM3DTrain(BasicTrainTask):
             publish_path=store.published_path, stats_path=self._stats_path,
             events_dir=output_dir / f"events_{run_id}", checkpoint_extra=extra,
             start_from_published=from_published, run_id=run_id, progress=False,
-            ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None,
+            ct_window=self.settings.ct_window,
         )

@@ -11,6 +11,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from lib.defaults import DEFAULT_DEVICE
+
 from .config import TrainConfig
 from .losses import PromptDiceCELoss
 from .prompts import LabelEntry, phrasing_metadata, prompt_options, sample_prompts
@@ -50,7 +52,7 @@ class SegmentationAdapter:
         return self
 
 
-def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
     if isinstance(name, torch.device):
         return name
     if name is None or str(name).lower() in ("auto", ""):

@@ -9,78 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
+from lib.defaults import DEFAULT_DEVICE, DEFAULT_LEARNING_RATE, DEFAULT_PRESET, DEFAULT_SW_OVERLAP
+from lib.parsing import first, parse_axes, parse_bool, parse_labels, parse_names, parse_size, sizes_str  # noqa: F401
 
 AUGMENTATION_PROFILES = ("paper", "nnunet", "flip")  # see training/data.py: augmentations()
-
-
-def parse_axes(value: Any) -> tuple[int, ...]:
-    """Spatial axes: ``"0,2"``, ``0``, ``[0, 2]`` -> ``(0, 2)``; ``""``/``"none"``/None -> ``()``."""
-    if value is None:
-        return ()
-    if isinstance(value, str):
-        text = value.strip().lower()
-        return () if text in ("", "none") else tuple(int(v) for v in text.split(",") if v.strip())
-    if isinstance(value, (int, float)):
-        return (int(value),)
-    return tuple(int(v) for v in value)
-
-
-def parse_size(value: Any, dims: int = 3) -> tuple[int, ...] | None:
-    """``"48"``, ``"48,64,48"``, ``48``, ``[48, 64, 48]`` -> a tuple of ``dims`` ints (None/""/"auto" -> None)."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("", "auto", "none", "default"):
-            return None
-        parts = [p for p in text.replace("x", ",").replace(" ", ",").split(",") if p]
-        sizes = [int(float(p)) for p in parts]
-    elif isinstance(value, (int, float)):
-        sizes = [int(value)]
-    else:
-        sizes = [int(v) for v in value]
-    if len(sizes) == 1:
-        sizes = sizes * dims
-    if len(sizes) != dims or any(s <= 0 for s in sizes):
-        raise ValueError(f"expected {dims} positive sizes, got {value!r}")
-    return tuple(sizes)
-
-
-def parse_bool(value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, (int, float)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "y", "on"):
-        return True
-    if text in ("0", "false", "no", "n", "off", "none", ""):
-        return False
-    raise ValueError(f"not a boolean: {value!r}")
-
-
-def parse_labels(value: Any) -> list[str] | None:
-    """``"all"``/None -> None (every label of the set); ``"a,b"`` or ``["a", "b"]`` -> names."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lower() in ("", "all", "*"):
-            return None
-        return [v.strip() for v in text.split(",") if v.strip()]
-    names = [str(v).strip() for v in value if str(v).strip()]
-    if not names or any(n.lower() in ("all", "*") for n in names):
-        return None
-    return names
-
-
-def first(value: Any) -> Any:
-    """Viewers send the whole option list when a list-valued option was not changed: take its first item."""
-    if isinstance(value, (list, tuple)):
-        return value[0] if value else None
-    return value
 
 
 @dataclass
@@ -94,7 +28,7 @@ class TrainConfig:
     batch_size: int = 2  # volumes per iteration ...
     num_samples: int = 1  # ... times crops per volume (RandCropByPosNegLabeld) = crops per step
     pos_neg_ratio: float = 1.0  # foreground:background crop centres (paper: 1:1)
-    learning_rate: float = 1e-4  # paper: 1e-4 (fine-tuning); from random init use ~1e-3, see docs/training.md
+    learning_rate: float = DEFAULT_LEARNING_RATE[DEFAULT_PRESET]  # per preset: lib/defaults.py
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.03  # linear warm-up over this fraction of the run, then linear decay to 0
     min_lr_fraction: float = 0.0
@@ -114,12 +48,12 @@ class TrainConfig:
     flip_axes: tuple[int, ...] = (0,)  # RAS axis 0 = left-right (anatomically symmetric); 1/2 swap A-P / S-I
     val_split: float = 0.2
     val_interval: int = 1  # epochs between validations
-    val_overlap: float = 0.25
+    val_overlap: float = DEFAULT_SW_OVERLAP
     val_max_cases: int = 0  # 0 = all validation cases
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16)
     amp_cpu: bool = False  # bf16 autocast on the CPU (fast on CPUs with AMX / AVX512-BF16)
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
     num_workers: int = 0  # 0 = augment in a background thread (ThreadDataLoader)
     cache_rate: float = 1.0
@@ -187,9 +121,7 @@ def _coerce(cls, name: str, value: Any) -> Any:
     if name == "labels":
         return parse_labels(value)
     if name == "negative_prompts":
-        if isinstance(value, str):
-            return [v.strip() for v in value.split(",") if v.strip()]
-        return [str(v) for v in value]
+        return parse_names(value)
     if name == "flip_axes":
         return parse_axes(value)
     if ftype in ("bool", bool):
@@ -200,6 +132,3 @@ def _coerce(cls, name: str, value: Any) -> Any:
         return float(value)
     return str(value)
 
-
-def sizes_str(size: Sequence[int] | None) -> str:
-    return "auto" if size is None else ",".join(str(int(s)) for s in size)

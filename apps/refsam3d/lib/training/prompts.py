@@ -20,7 +20,9 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-DEFAULT_CANONICAL_FRACTION = 0.3
+from .config import TrainConfig
+
+DEFAULT_CANONICAL_FRACTION = TrainConfig.canonical_prompt_fraction  # one default: TrainConfig's
 NAME_FRACTION = 0.25  # of the non-canonical draws: the label's name, else one of its synonyms
 BARE_FRACTION = 0.5  # of those: the phrase alone, else wrapped in a template
 
@@ -45,10 +47,10 @@ def entries_from_label_set(label_set, names: Sequence[str] | None = None) -> lis
     """Label entries (name, map index, prompt, synonyms, templates) of a ``lib.labelsets.LabelSet``;
     ``names`` selects a subset."""
     labels = {n: int(i) for n, i in dict(label_set.labels).items() if n.lower() != "background" and int(i) != 0}
-    prompts = dict(getattr(label_set, "prompts", {}) or {})
-    synonyms = dict(getattr(label_set, "synonyms", {}) or {})
-    templates = tuple(getattr(label_set, "prompt_templates", ()) or ())
-    avoid = tuple(getattr(label_set, "overlapping", ()) or ())
+    prompts = dict(label_set.prompts)
+    synonyms = dict(label_set.synonyms)
+    templates = tuple(label_set.prompt_templates)
+    avoid = tuple(label_set.overlapping)
     entries = [LabelEntry(n, i, prompts.get(n) or n, tuple(synonyms.get(n, ())), templates, avoid)
                for n, i in sorted(labels.items(), key=lambda kv: kv[1])]
     return select_entries(entries, names)
@@ -91,9 +93,9 @@ def _vocabulary_pool(entries: tuple[LabelEntry, ...]) -> tuple[str, ...]:
 def negative_pool(entries: Sequence[LabelEntry], cfg: Any) -> list[str]:
     """Absent prompts of a run: ``cfg.negative_prompts`` if given, else (``cfg.negative_vocabulary``) the
     built-in vocabulary minus the phrasings of ``entries`` (``lib.vocabulary.absent_phrases``)."""
-    if getattr(cfg, "negative_prompts", None):
+    if cfg.negative_prompts:
         return list(cfg.negative_prompts)
-    if getattr(cfg, "negative_vocabulary", False) and getattr(cfg, "negative_prompts_per_step", 0) > 0:
+    if cfg.negative_vocabulary and cfg.negative_prompts_per_step > 0:
         return list(_vocabulary_pool(tuple(entries)))
     return []
 
@@ -103,14 +105,14 @@ def prompt_options(entries: Sequence[LabelEntry], cfg: Any) -> dict:
     return {"max_prompts": cfg.max_prompts, "min_absent": cfg.min_absent,
             "negative_prompts": negative_pool(entries, cfg),
             "negative_prompts_per_step": cfg.negative_prompts_per_step,
-            "variety": bool(getattr(cfg, "prompt_variety", False)),
-            "canonical_fraction": float(getattr(cfg, "canonical_prompt_fraction", DEFAULT_CANONICAL_FRACTION))}
+            "variety": bool(cfg.prompt_variety),
+            "canonical_fraction": float(cfg.canonical_prompt_fraction)}
 
 
 def phrasing_metadata(entries: Sequence[LabelEntry], cfg: Any) -> dict:
     """What a checkpoint stores about its training text (read back by ``lib.labelsets.trained_phrasings``)."""
-    variety = bool(getattr(cfg, "prompt_variety", False))
-    negatives = negative_pool(entries, cfg) if getattr(cfg, "negative_prompts_per_step", 0) > 0 else []
+    variety = bool(cfg.prompt_variety)
+    negatives = negative_pool(entries, cfg) if cfg.negative_prompts_per_step > 0 else []
     templates = list(dict.fromkeys(t for e in entries for t in e.templates)) if variety else []
     return {
         "trained_prompts": {e.name: list(dict.fromkeys([e.prompt, *((e.name, *e.synonyms) if variety else ())]))

@@ -58,8 +58,8 @@ def build_model(preset: str, text_encoder: str | None = "minilm", sam_checkpoint
 
 def checkpoint_extra(label_set, entries, preset: str, roi_size: Sequence[int], source: str, **more: Any) -> dict:
     extra = {
-        "label_set": label_set.to_json() if hasattr(label_set, "to_json") else getattr(label_set, "name", None),
-        "label_set_name": getattr(label_set, "name", None),
+        "label_set": label_set.to_json() if label_set is not None else None,
+        "label_set_name": label_set.name if label_set is not None else None,
         "trained_labels": [e.name for e in entries],
         "preset": preset,
         "roi_size": [int(r) for r in roi_size],

@@ -21,9 +21,10 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict
 
-from fastapi import Depends, HTTPException, UploadFile
+from fastapi import Depends, UploadFile
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from lib.errors import BadRequest, NotFound, http_exception
 from lib.weights_history import VersionNotFound, WeightsHistory
 
 logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def replace_by_upload(store, history: WeightsHistory, file: UploadFile) -> Dict[
         try:
             read_checkpoint(tmp)
         except Exception as e:  # noqa: BLE001 - any unreadable upload is the client's mistake
-            raise HTTPException(status_code=400, detail=f"not a RefSAM3D checkpoint: {str(e)[:300]}") from None
+            raise http_exception(BadRequest(f"not a RefSAM3D checkpoint: {str(e)[:300]}")) from None
         os.chmod(tmp, new_file_mode())
         kept = history.archive_current(f"replaced by an upload (PUT /model/refsam3d, {file.filename or 'no name'})")
         os.replace(tmp, published)
@@ -95,7 +96,7 @@ def install_web_routes(store, keep_versions: int, warn: Callable[[str], None]) -
         try:
             restored = history.restore(version)
         except VersionNotFound as e:
-            raise HTTPException(status_code=404, detail=str(e.args[0])) from None
+            raise http_exception(NotFound(str(e.args[0]))) from None
         logger.info(f"RefSAM3D: weights version {version} restored to {store.published_path}")
         try:
             store.get()  # load it now: the version /info and the next inference report is the restored one
