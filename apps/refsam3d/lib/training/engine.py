@@ -31,6 +31,8 @@ from lib.weights_history import WeightsHistory
 from .adapters import SegmentationAdapter, resolve_device
 from .config import TrainConfig
 from .data import cached_dataset, train_loader, train_transforms, val_transforms
+from .distributed import Ranks, all_reduce_sums, any_rank, current, loss_module, mean_over_ranks, rank_device, \
+    rank_seed, shard  # world size 1 (one process): every one of these is a no-op
 from .prompts import label_map_to_binary
 
 logger = logging.getLogger("lib.training")
@@ -96,8 +98,12 @@ class _Tensorboard:
             self.writer.close()
 
 
-def validate(adapter: SegmentationAdapter, dataset, max_cases: int = 0) -> dict:
-    """Dice per label on whole volumes -> ``{"mean_dice", "dice": {label: mean}, "cases": n, "seconds"}``."""
+def validate(adapter: SegmentationAdapter, dataset, max_cases: int = 0, ranks: Ranks | None = None) -> dict:
+    """Dice per label on whole volumes -> ``{"mean_dice", "dice": {label: mean}, "cases": n, "seconds"}``.
+
+    Distributed (``ranks``): each rank holds its share of the cases; the per-label sums and counts are added
+    up over the ranks, so every rank gets the Dice of all cases.
+    """
     from lib.evaluation import dice_per_label
 
     t0 = time.time()
@@ -113,8 +119,20 @@ def validate(adapter: SegmentationAdapter, dataset, max_cases: int = 0) -> dict:
             for e, d in zip(adapter.entries, dice_per_label(pred, gt)):
                 per_label[e.name].append(d)
     adapter.model.train()
+    if ranks is not None and ranks.distributed:
+        return _reduced_dice(per_label, ranks, adapter.device, t0)
     dice = {k: float(np.mean(v)) for k, v in per_label.items() if v}
     return {"mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0, "dice": dice, "cases": n,
+            "seconds": round(time.time() - t0, 2)}
+
+
+def _reduced_dice(per_label: dict[str, list[float]], ranks: Ranks, device, t0: float) -> dict:
+    sums = {f"sum/{k}": float(np.sum(v)) for k, v in per_label.items()}
+    sums.update({f"count/{k}": float(len(v)) for k, v in per_label.items()})
+    total = all_reduce_sums(sums, ranks, device)
+    dice = {k: total[f"sum/{k}"] / total[f"count/{k}"] for k in per_label if total[f"count/{k}"] > 0}
+    cases = int(max((total[f"count/{k}"] for k in per_label), default=0))
+    return {"mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0, "dice": dice, "cases": cases,
             "seconds": round(time.time() - t0, 2)}
 
 
@@ -147,8 +165,11 @@ def run_training(
         torch.set_num_threads(int(cfg.threads))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % (2**32))
-    device = resolve_device(cfg.device)
+    ranks = current()  # torchrun / multi_gpu: this rank; else world size 1
+    device = rank_device(cfg.device, ranks)
     adapter.to(device)
+    if ranks.distributed and hasattr(adapter, "rng"):  # each rank draws its own prompts and clicks
+        adapter.rng.seed(rank_seed(cfg.seed, ranks))
     use_cuda = device.type == "cuda"
     amp_dtype = None
     if cfg.amp and use_cuda:
@@ -163,14 +184,16 @@ def run_training(
     crop = tuple(int(c) for c in crop_size)
     logger.info(f"Training run {run_id}: {len(train_datalist)} training / {len(val_datalist)} validation cases; "
                 f"crop {crop}; labels {[e.name for e in adapter.entries]}; device {device}; "
-                f"threads {torch.get_num_threads()}; config {cfg}")
+                f"threads {torch.get_num_threads()}; world_size {ranks.world_size}; config {cfg}")
 
     t_cache = time.time()
-    train_ds = cached_dataset(train_datalist, train_transforms(modality, target_spacing, crop, cfg, ct_window),
-                              cfg.cache_rate)
-    val_ds = cached_dataset(val_datalist, val_transforms(modality, target_spacing, ct_window=ct_window),
+    train_ds = cached_dataset(shard(train_datalist, ranks, even=True, seed=cfg.seed),
+                              train_transforms(modality, target_spacing, crop, cfg, ct_window), cfg.cache_rate)
+    val_ds = cached_dataset(shard(val_datalist[: cfg.val_max_cases or None], ranks, even=False),
+                            val_transforms(modality, target_spacing, ct_window=ct_window),
                             cfg.cache_rate) if val_datalist else None
-    loader = train_loader(train_ds, cfg.batch_size, cfg.num_workers, cfg.seed)
+    loader = train_loader(train_ds, cfg.batch_size, cfg.num_workers, rank_seed(cfg.seed, ranks))
+    ddp = loss_module(adapter, ranks)  # DDP on the loss (rank 0's weights broadcast); None for one process
     logger.info(f"Cached pre-processed volumes in {time.time() - t_cache:.1f}s")
 
     params = adapter.parameters_to_optimise()
@@ -186,8 +209,9 @@ def run_training(
         planned_iters = min(planned_iters, cfg.max_iterations)
     budget_s = cfg.max_minutes * 60.0 if cfg.max_minutes and cfg.max_minutes > 0 else None
 
-    tb = _Tensorboard(str(events_dir) if events_dir else None)
-    stats_file = Path(stats_path) if stats_path else None
+    # only rank 0 writes TensorBoard events and the stats file, and publishes
+    tb = _Tensorboard(str(events_dir) if events_dir and ranks.is_main else None)
+    stats_file = Path(stats_path) if stats_path and ranks.is_main else None
     publish = Path(publish_path) if publish_path else None
 
     state: dict[str, Any] = {
@@ -198,6 +222,7 @@ def run_training(
         "published": None, "published_epoch": None, "publish_path": str(publish) if publish else None,
         "archived_version": None, "published_without_validation": False,
         "train_cases": len(train_datalist), "val_cases": len(val_datalist), "config": cfg.to_dict(),
+        "world_size": ranks.world_size, "global_batch_size": cfg.batch_size * ranks.world_size,
         "val_studies": [d.get("id") or Path(str(d.get("image"))).name for d in val_datalist],
         "validation": ("Dice on held-out labelled studies (never trained on)" if val_datalist
                        else "none: no held-out labelled study (label more studies or set val_split)"),
@@ -221,7 +246,7 @@ def run_training(
         return state
 
     def do_publish(epoch: int, metrics: dict | None) -> None:
-        if publish is None:
+        if publish is None or not ranks.is_main:
             return
         if val_ds is None:
             if not cfg.publish_unvalidated:
@@ -247,7 +272,7 @@ def run_training(
     write_stats()  # at once: viewers see the new run (epoch 0 of total_epochs), not the last run's stats
     best = -math.inf
     if start_from_published and val_ds is not None and cfg.validate_start and cfg.publish == "best":
-        m0 = validate(adapter, val_ds, cfg.val_max_cases)
+        m0 = validate(adapter, val_ds, cfg.val_max_cases, ranks)
         best = m0["mean_dice"]
         state["best_metric"], state["best_metric_epoch"] = best, 0
         state["eval"] = {"metrics": {"val_mean_dice": best, **{f"val_dice_{k}": v for k, v in m0["dice"].items()}},
@@ -260,7 +285,7 @@ def run_training(
             if cfg.publish in ("best", "last"):
                 do_publish(epoch, None)
             return
-        m = validate(adapter, val_ds, cfg.val_max_cases)
+        m = validate(adapter, val_ds, cfg.val_max_cases, ranks)
         metrics = {"val_mean_dice": m["mean_dice"], **{f"val_dice_{k}": v for k, v in m["dice"].items()}}
         tb.scalar("val_mean_dice", m["mean_dice"], epoch)
         for k, v in m["dice"].items():
@@ -280,7 +305,7 @@ def run_training(
             do_publish(epoch, m)
 
     bar = None
-    if progress:
+    if progress and ranks.is_main:
         from tqdm import tqdm
 
         bar = tqdm(total=planned_iters, desc="train", unit="it", dynamic_ncols=True)
@@ -302,7 +327,7 @@ def run_training(
                 if cfg.max_iterations and it >= cfg.max_iterations:
                     stop_reason = "max_iterations"
                     raise StopTraining
-                if budget_s and time.time() - t_start >= budget_s:
+                if budget_s and any_rank(time.time() - t_start >= budget_s, ranks):  # all ranks stop together
                     stop_reason = "time_budget"
                     raise StopTraining
                 lr = schedule.step(progress_fraction(it))
@@ -310,10 +335,14 @@ def run_training(
                 label = batch["label"].to(device, non_blocking=True)
                 ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
                 with ctx:
-                    loss, info = adapter.training_loss(image, label)
+                    loss, info = ddp(image, label) if ddp is not None else adapter.training_loss(image, label)
                 optimizer.zero_grad(set_to_none=True)
-                if not torch.isfinite(loss):
+                step_loss = mean_over_ranks(loss, ranks)  # the global batch's loss (this loss for one process)
+                if not torch.isfinite(step_loss):
                     logger.warning(f"non-finite loss at iteration {it}; step skipped")
+                    if ddp is not None:  # every rank skips; DDP's gradient reduction must still complete
+                        (loss * 0.0).backward()
+                        optimizer.zero_grad(set_to_none=True)
                     continue
                 scaler.scale(loss).backward()
                 if cfg.grad_clip and cfg.grad_clip > 0:
@@ -323,7 +352,7 @@ def run_training(
                 scaler.update()
                 it += 1
                 state["iteration"] = it
-                lv = float(loss.detach())
+                lv = float(step_loss)
                 epoch_losses.append(lv)
                 loss_window.append(lv)
                 tb.scalar("train_loss", lv, it)
@@ -353,7 +382,8 @@ def run_training(
                     state["expected_iterations"] = total
                     logger.info(f"Epoch {epoch}/{cfg.max_epochs} iter {it}/{total} "
                                 f"loss {np.mean(loss_window):.4f} lr {lr:.2e} | "
-                                f"{rate or 0:.2f} it/s | ETA {_fmt_td(eta)}")
+                                f"{rate or 0:.2f} it/s | ETA {_fmt_td(eta)}"
+                                + (f" | world_size {ranks.world_size}" if ranks.distributed else ""))
                     loss_window = []
                     state["train"] = {"metrics": {"train_loss": float(np.mean(epoch_losses))},
                                       "key_metric_name": "train_loss"}

@@ -1,0 +1,241 @@
+"""torch.distributed for training: ranks from torchrun's environment, DDP, each rank's share of the data.
+
+One process (no ``WORLD_SIZE`` > 1 in the environment) is world size 1 and every helper here is a no-op,
+so single-process training runs exactly as before. Under ``torchrun --nproc_per_node N scripts/train.py``
+(or the train task's ``multi_gpu``, which spawns the ranks itself, :func:`spawn_ranks`):
+
+- :func:`init_distributed` joins the process group (``env://``: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
+  ``MASTER_PORT``), NCCL on CUDA (one GPU per rank, ``LOCAL_RANK``) and gloo on the CPU;
+- :class:`DistributedLoss` is the module DDP wraps: its forward is the adapter's training loss, so DDP sees
+  every parameter the step uses (the click rounds call the model's parts directly) and averages gradients;
+- :func:`shard` gives each rank its part of a data list (MONAI's ``partition_dataset``, as MONAI Label's
+  trainers do, so each rank caches only its share); validation sums are added up with :func:`all_reduce_sums`;
+- only rank 0 (:func:`is_main_process`) logs, writes TensorBoard and ``train_stats.json`` and publishes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.distributed as dist
+
+logger = logging.getLogger(__name__)
+
+RANK_SEED_STRIDE = 1_000_003  # rank r draws augmentations from seed + r * stride (rank 0: the seed itself)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in the run: ``world_size`` 1 = plain single-process training."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    backend: str | None = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
+    """The ranks torchrun (or :func:`spawn_ranks`) put in the environment; world size 1 without them."""
+    env = os.environ if environ is None else environ
+    world = int(env.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return Ranks()
+    return Ranks(rank=int(env.get("RANK", "0")), local_rank=int(env.get("LOCAL_RANK", env.get("RANK", "0"))),
+                 world_size=world)
+
+
+def current() -> Ranks:
+    """The ranks of the joined process group (world size 1 when none was joined)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Ranks()
+    world = dist.get_world_size()
+    return Ranks(rank=dist.get_rank(), local_rank=int(os.environ.get("LOCAL_RANK", dist.get_rank())),
+                 world_size=world, backend=str(dist.get_backend()))
+
+
+def is_main_process() -> bool:
+    return current().is_main
+
+
+def wants_cuda(device: str | torch.device | None) -> bool:
+    name = str(device or "auto").lower()
+    return torch.cuda.is_available() and (name in ("auto", "") or name.startswith("cuda"))
+
+
+def init_distributed(device: str | torch.device | None = "auto", timeout_s: float = 1800.0) -> Ranks:
+    """Join the process group the environment describes (NCCL on CUDA, gloo on the CPU); world size 1: nothing."""
+    ranks = env_ranks()
+    if not ranks.distributed:
+        return ranks
+    if dist.is_initialized():
+        return current()
+    import datetime
+
+    backend = "nccl" if wants_cuda(device) else "gloo"
+    if backend == "nccl":
+        if ranks.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"local rank {ranks.local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+                               "start at most one process per GPU (--nproc_per_node)")
+        torch.cuda.set_device(ranks.local_rank)  # "cuda" now means this rank's GPU
+    dist.init_process_group(backend=backend, init_method="env://", rank=ranks.rank, world_size=ranks.world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    if not ranks.is_main:  # only rank 0 logs (warnings and errors still show from every rank)
+        logging.getLogger().setLevel(logging.WARNING)
+    logger.warning(f"Joined the process group: rank {ranks.rank} of world_size {ranks.world_size} "
+                   f"(local rank {ranks.local_rank}), backend {backend}")
+    return current()
+
+
+def teardown(failed: bool = False) -> None:
+    """Leave the process group after a barrier (no rank exits while rank 0 still publishes).
+
+    ``failed``: this rank raised; no barrier (the others may wait in a collective that never comes): the process
+    exits with the error and torchrun (or :func:`spawn_ranks`) stops the other ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or failed:
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def rank_device(device: str | torch.device | None, ranks: Ranks) -> torch.device:
+    """The device of this rank: its own GPU under NCCL, else the configured one."""
+    from .adapters import resolve_device
+
+    if ranks.distributed and ranks.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return resolve_device(device)
+
+
+def rank_seed(seed: int, ranks: Ranks) -> int:
+    """Augmentation/prompt seed of this rank: ``seed`` on rank 0 (so one process is unchanged), distinct elsewhere."""
+    return int(seed) + ranks.rank * RANK_SEED_STRIDE
+
+
+def shard(datalist: Sequence[Any], ranks: Ranks, even: bool = True, seed: int = 0) -> list:
+    """This rank's part of ``datalist``: shuffled by ``seed`` (the same on every rank) and dealt out.
+
+    ``even`` (training): every rank gets the same number of items (a few repeated), so every rank runs the
+    same number of steps; with fewer items than ranks every rank gets them all (as MONAI Label does).
+    Not ``even`` (validation): each item on exactly one rank, so sums over ranks count every case once.
+    """
+    items = list(datalist)
+    if not ranks.distributed:
+        return items
+    from monai.data import partition_dataset
+
+    if even and len(items) < ranks.world_size:
+        return items
+    return list(partition_dataset(items, num_partitions=ranks.world_size, shuffle=even, seed=seed,
+                                  even_divisible=even)[ranks.rank])
+
+
+def all_reduce_sums(values: Mapping[str, float], ranks: Ranks, device: torch.device | None = None) -> dict[str, float]:
+    """Each key's value summed over the ranks (float64); unchanged for one process."""
+    if not ranks.distributed:
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
+                     device=device if ranks.backend == "nccl" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
+    """The mean of a scalar over the ranks (NaN/inf anywhere gives a non-finite mean everywhere)."""
+    if not ranks.distributed:
+        return value.detach()
+    t = value.detach().float().reshape(1).clone()
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t[0] / ranks.world_size
+
+
+def any_rank(flag: bool, ranks: Ranks) -> bool:
+    """True on every rank when it is true on at least one (so all ranks stop together)."""
+    if not ranks.distributed:
+        return bool(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if ranks.backend == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def main_process_only(fn: Callable) -> Callable:
+    """Run ``fn`` on rank 0 only (None elsewhere): logs, stats files, TensorBoard, publishing."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if is_main_process():
+            return fn(*args, **kwargs)
+        return None
+
+    return wrapper
+
+
+class DistributedLoss(torch.nn.Module):
+    """``forward(image, label) -> (loss, info)`` = the adapter's training loss: the module DDP wraps."""
+
+    def __init__(self, adapter):
+        super().__init__()
+        self.model = adapter.model  # registered, so DDP broadcasts rank 0's weights and hooks the gradients
+        self._adapter = [adapter]  # not a submodule
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor):
+        return self._adapter[0].training_loss(image, label)
+
+
+def loss_module(adapter, ranks: Ranks):
+    """The adapter's loss as DDP (rank 0's weights broadcast to all ranks at construction), or None for one process.
+
+    ``find_unused_parameters``: with simulated clicks a step may not touch every trainable part
+    (e.g. no click embedding in a text-only step) and ranks draw different modes. The model has no batch
+    statistics, so buffers are not re-broadcast every step.
+    """
+    if not ranks.distributed:
+        return None
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [torch.cuda.current_device()] if ranks.backend == "nccl" else None
+    return DistributedDataParallel(DistributedLoss(adapter), device_ids=device_ids, find_unused_parameters=True,
+                                   broadcast_buffers=False)  # no batch statistics: buffers never change
+
+
+# ----------------------------------------------------------------------------------------------- launching
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_entry(rank: int, world_size: int, fn: Callable, args: tuple) -> None:
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
+                       "LOCAL_WORLD_SIZE": str(world_size)})
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="[%(asctime)s][%(levelname)5s](%(name)s) - %(message)s", force=True)
+    fn(rank, world_size, *args)
+
+
+def spawn_ranks(fn: Callable, world_size: int, args: tuple = ()) -> None:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes on this node (``torch.multiprocessing``).
+
+    The way MONAI Label's trainers start ``multi_gpu``: ``env://`` with ``MASTER_ADDR``/``MASTER_PORT`` (kept when
+    the caller set them, as MONAI Label's task runner does), ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` per process.
+    ``fn`` and ``args`` must pickle. Any rank failing raises here.
+    """
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    torch.multiprocessing.spawn(_rank_entry, args=(world_size, fn, args), nprocs=world_size, join=True)
