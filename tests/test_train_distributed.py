@@ -66,7 +66,8 @@ def small_msd(hippocampus_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 def _run(launcher: list[str], out: Path, data: tuple[Path, Path], batch: int) -> tuple[str, str]:
     """(the report printed on stdout, the whole log)."""
     cmd = [*launcher, str(REPO / "scripts" / "train.py"), "--data", str(data[0]), "--split-file", str(data[1]),
-           "--preset", "small", "--init", str(SHIPPED), "--text-encoder", "minilm", "--roi", str(SIZE), "--crop", str(SIZE),
+           "--preset", "small", "--init", str(SHIPPED), "--text-encoder", "minilm", "--roi", str(SIZE),
+           "--crop", str(SIZE),
            "--batch-size", str(batch), "--epochs", str(ITERATIONS), "--val-interval", "1", "--no-augment",
            "--no-clicks", "--no-prompt-variety", "--negative-prompts-per-step", "0", "--device", "cpu",
            "--threads", "1", "--no-progress", "--output", str(out / "refsam3d_small.pt")]
@@ -100,7 +101,7 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(small_
     assert ddp_stats["iteration"] == single_stats["iteration"] == ITERATIONS  # each rank: 1 case, batch 1
 
     ddp_losses, single_losses = _losses(ddp_out / "refsam3d_small.run"), _losses(single_out / "refsam3d_small.run")
-    print(f"\nloss per iteration: 2 ranks x batch 1 {ddp_losses}\n                    1 process x batch 2 {single_losses}")
+    print(f"\nloss per iteration: 2 ranks x batch 1 {ddp_losses}\n{'':20}1 process x batch 2 {single_losses}")
     assert len(ddp_losses) == len(single_losses) == ITERATIONS
     assert ddp_losses[0] != ddp_losses[-1]  # it trained
     np.testing.assert_allclose(ddp_losses, single_losses, rtol=LOSS_RTOL)
@@ -124,3 +125,71 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(small_
 
     stored = read_checkpoint(ddp_out / "refsam3d_small.pt")["extra"]["training"]
     assert stored["val"]["mean_dice"] == pytest.approx(ddp_stats["best_metric"])
+
+
+# ----------------------------------------------------------------------------------------------- the train task
+TASK_REQUEST = {"max_epochs": 1, "crop_size": "32", "val_split": 0.4, "train_batch_size": 1, "device": "cpu",
+                "clicks": False, "threads": 1, "multi_gpu": True}
+
+
+@pytest.fixture
+def train_task(small_msd, tiny_text_encoder, tmp_path):
+    """The app's own train task (``RefSAM3DConfig.trainer()``) on a MONAI Label ``LocalDatastore`` of the crops."""
+    import shutil
+
+    from lib.configs.refsam3d import RefSAM3DConfig
+    from monailabel.datastore.local import LocalDatastore
+
+    studies = tmp_path / "studies"
+    (studies / "labels" / "final").mkdir(parents=True)
+    for case in TRAIN_CASES + VAL_CASES:
+        shutil.copy(small_msd[0] / "imagesTr" / f"{case}.nii.gz", studies / f"{case}.nii.gz")
+        shutil.copy(small_msd[0] / "labelsTr" / f"{case}.nii.gz", studies / "labels" / "final" / f"{case}.nii.gz")
+    config = RefSAM3DConfig()
+    config.init("refsam3d", str(tmp_path / "model"), {"preset": "small", "label_set": "msd_hippocampus",
+                                                      "text_encoder": str(tiny_text_encoder),
+                                                      "use_pretrained_model": "false", "preload": "false"}, None)
+    return config.trainer(), LocalDatastore(str(studies), extensions=("*.nii.gz",), auto_reload=False)
+
+
+def test_train_task_multi_gpu_without_two_gpus_trains_in_one_process_and_says_so(train_task, caplog):
+    import torch
+    from conftest import require
+
+    require(torch.cuda.device_count() < 2, "this machine has 2+ GPUs: multi_gpu would really spawn ranks here")
+    task, datastore = train_task
+    with caplog.at_level("WARNING"):
+        stats = task(dict(TASK_REQUEST), datastore)
+    assert "multi_gpu needs at least 2 CUDA GPUs" in caplog.text and "ONE process" in caplog.text
+    saved = json.loads(Path(task._stats_path).read_text())
+    for s in (stats, saved):
+        assert s["status"] == "DONE" and s["world_size"] == 1
+        assert s["multi_gpu"].startswith("multi_gpu needs at least 2 CUDA GPUs") and "one process" in s["multi_gpu"]
+    assert task.store.published_path.exists()
+
+
+def test_train_task_ranks_spawned_as_monai_label_does_train_ddp_and_rank0_publishes(train_task, monkeypatch):
+    """MONAI Label's ``BasicTrainTask.__call__`` with ``multi_gpu`` spawns its ``main_worker`` over the ranks with a
+    pickled copy of the task; here 2 CPU ranks on gloo (``device`` cpu), since this machine has no two GPUs."""
+    import copy
+
+    import torch.multiprocessing
+    from lib.training.distributed import free_port
+    from monailabel.tasks.train.basic_train import main_worker
+
+    task, datastore = train_task
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # MONAI Label's task runner sets these for a train task
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    request = {**copy.deepcopy(task._config), **TASK_REQUEST, "run_id": "ddp"}
+    datalist = task.pre_process(request, datastore)
+    torch.multiprocessing.spawn(main_worker, nprocs=2, args=(2, request, datalist, task), join=True)
+
+    stats = json.loads(Path(task._stats_path).read_text())
+    assert stats["status"] == "DONE" and stats["world_size"] == 2 and stats["multi_gpu"] is True
+    assert stats["train_cases"] == 3 and stats["iteration"] == 2  # 3 cases over 2 ranks: 2 each, batch 1
+    assert stats["eval"]["metrics"]["val_mean_dice"] is not None and stats["published_epoch"] == 1
+    model_dir = task.store.published_path.parent
+    files = sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
+    assert [f for f in files if f.endswith(".pt")] == [task.store.published_path.name], files
+    assert not [f for f in files if "tmp" in f or Path(f).name.startswith(".")], files
+    assert len([f for f in files if "tfevents" in f]) == 1, files  # rank 0's TensorBoard events only

@@ -4,6 +4,7 @@ A thin ``BasicTrainTask``: MONAI Label gives the request (the user's ``config`` 
 list; the loop itself is ``lib.training.run_training`` -- the same code as ``scripts/train.py``.
 The best model (validation Dice) is published to ``ModelStore.published_path`` with the atomic
 ``save_checkpoint``; the infer task's ``ModelStore.get()`` notices the new file and reloads it.
+``multi_gpu`` / ``gpus``: one DDP rank per GPU, spawned by ``BasicTrainTask.__call__`` (``lib/trainers/multi_gpu.py``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from lib.training import (
     val_transforms,
 )
 from lib.training.config import AUGMENTATION_PROFILES, first, parse_bool, parse_size, sizes_str
+from lib.training.distributed import current, rank_device, teardown
+
+from . import multi_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +62,7 @@ class RefSAM3DTrain(BasicTrainTask):
     def __init__(self, config, description: str = "Fine-tune RefSAM3D on the final labels (text prompt per label)",
                  **kwargs):
         self.task_config = config
+        self.model_root = str(config.model_dir)
         conf = dict(getattr(config, "conf", None) or {})
         self.label_set = config.label_set
         self.store = config.store
@@ -88,8 +93,8 @@ class RefSAM3DTrain(BasicTrainTask):
                                                             if a != self.base_cfg.augmentation],
             "publish_unvalidated": self.base_cfg.publish_unvalidated,
             "clicks": self.base_cfg.clicks,  # simulated clicks (text / text + clicks / clicks only)
-            "multi_gpu": False,
-            "gpus": "all",
+            "multi_gpu": False,  # true: one DDP rank per GPU (needs 2+ CUDA GPUs, else one process and a warning)
+            "gpus": "all",  # or "0,1": the GPUs of the ranks
         }
         model_dir = os.path.join(str(config.model_dir), str(getattr(config, "name", "refsam3d")))
         super().__init__(
@@ -144,7 +149,7 @@ class RefSAM3DTrain(BasicTrainTask):
 
         store = self.store
         return ModelStore(
-            self.task_config.model_dir, preset,
+            self.model_root, preset,
             sam_checkpoint=getattr(store, "sam_checkpoint", None),
             text_encoder=getattr(store, "text_encoder", None),
             use_pretrained_model=getattr(store, "use_pretrained_model", True),
@@ -179,7 +184,37 @@ class RefSAM3DTrain(BasicTrainTask):
     def pre_process(self, request, datastore: Datastore):
         return datastore.datalist()
 
+    # ------------------------------------------------------------------ multi_gpu (lib/trainers/multi_gpu.py)
+    def __call__(self, request, datastore: Datastore):
+        return super().__call__(multi_gpu.plan(request, self._config.get("multi_gpu")), datastore)
+
+    def __getstate__(self) -> dict:
+        """What a spawned rank gets: the task without the app's config and model store (rebuilt from their settings)."""
+        state = dict(self.__dict__)
+        state.pop("task_config", None)
+        state["store"] = multi_gpu.store_settings(state["store"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        from lib.model_store import ModelStore
+
+        self.__dict__.update(state)
+        self.task_config = None
+        self.store = ModelStore(**state["store"])
+
     def train(self, rank, world_size, request, datalist):
+        """One rank's run (``world_size`` > 1 with ``multi_gpu``: a spawned process; joins the group first)."""
+        ranks = multi_gpu.join(rank, world_size, request) if request.get("multi_gpu") else None
+        try:
+            result = self._train(request, datalist, multi_gpu.run_info(request, world_size))
+        except BaseException:
+            teardown(failed=True)
+            raise
+        if ranks is not None:
+            teardown()
+        return result
+
+    def _train(self, request, datalist, run_info: dict):
         cfg = TrainConfig.from_mapping(request, base=self.base_cfg)
         preset = str(first(request.get("preset")) or self.preset)
         if preset not in PRESETS:
@@ -201,8 +236,8 @@ class RefSAM3DTrain(BasicTrainTask):
         output_dir.mkdir(parents=True, exist_ok=True)
         logger.info(f"{len(datalist)} labelled studies: {len(train_list)} train, {len(val_list)} validation; "
                     f"output {output_dir}")
-        adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, overlap=self.overlap, device=cfg.device,
-                                     seed=cfg.seed)
+        adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, overlap=self.overlap,
+                                     device=rank_device(cfg.device, current()), seed=cfg.seed)
         extra = {
             "label_set": self.label_set.to_json() if hasattr(self.label_set, "to_json") else self.label_set.name,
             "label_set_name": self.label_set.name,
@@ -218,4 +253,5 @@ class RefSAM3DTrain(BasicTrainTask):
             events_dir=output_dir / f"events_{run_id}", checkpoint_extra=extra,
             start_from_published=from_published, run_id=run_id, progress=False,
             ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None,
+            run_info=run_info,
         )

@@ -2,7 +2,7 @@
 
 One process (no ``WORLD_SIZE`` > 1 in the environment) is world size 1 and every helper here is a no-op,
 so single-process training runs exactly as before. Under ``torchrun --nproc_per_node N scripts/train.py``
-(or the train task's ``multi_gpu``, which spawns the ranks itself, :func:`spawn_ranks`):
+(or the train task's ``multi_gpu``, whose ranks MONAI Label's ``BasicTrainTask`` spawns, ``lib/trainers/multi_gpu.py``):
 
 - :func:`init_distributed` joins the process group (``env://``: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
   ``MASTER_PORT``), NCCL on CUDA (one GPU per rank, ``LOCAL_RANK``) and gloo on the CPU;
@@ -49,7 +49,7 @@ class Ranks:
 
 
 def env_ranks(environ: Mapping[str, str] | None = None) -> Ranks:
-    """The ranks torchrun (or :func:`spawn_ranks`) put in the environment; world size 1 without them."""
+    """The ranks torchrun (or the train task's spawned ranks) put in the environment; world size 1 without them."""
     env = os.environ if environ is None else environ
     world = int(env.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
@@ -76,8 +76,12 @@ def wants_cuda(device: str | torch.device | None) -> bool:
     return torch.cuda.is_available() and (name in ("auto", "") or name.startswith("cuda"))
 
 
-def init_distributed(device: str | torch.device | None = "auto", timeout_s: float = 1800.0) -> Ranks:
-    """Join the process group the environment describes (NCCL on CUDA, gloo on the CPU); world size 1: nothing."""
+def init_distributed(device: str | torch.device | None = "auto", timeout_s: float = 1800.0,
+                     cuda_index: int | None = None) -> Ranks:
+    """Join the process group the environment describes (NCCL on CUDA, gloo on the CPU); world size 1: nothing.
+
+    ``cuda_index``: this rank's GPU (default ``LOCAL_RANK``).
+    """
     ranks = env_ranks()
     if not ranks.distributed:
         return ranks
@@ -87,10 +91,11 @@ def init_distributed(device: str | torch.device | None = "auto", timeout_s: floa
 
     backend = "nccl" if wants_cuda(device) else "gloo"
     if backend == "nccl":
-        if ranks.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"local rank {ranks.local_rank} has no GPU: this node has {torch.cuda.device_count()}; "
+        gpu = ranks.local_rank if cuda_index is None else int(cuda_index)
+        if gpu >= torch.cuda.device_count():
+            raise RuntimeError(f"rank {ranks.rank} has no GPU {gpu}: this node has {torch.cuda.device_count()}; "
                                "start at most one process per GPU (--nproc_per_node)")
-        torch.cuda.set_device(ranks.local_rank)  # "cuda" now means this rank's GPU
+        torch.cuda.set_device(gpu)  # "cuda" now means this rank's GPU
     dist.init_process_group(backend=backend, init_method="env://", rank=ranks.rank, world_size=ranks.world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     if not ranks.is_main:  # only rank 0 logs (warnings and errors still show from every rank)
@@ -104,7 +109,7 @@ def teardown(failed: bool = False) -> None:
     """Leave the process group after a barrier (no rank exits while rank 0 still publishes).
 
     ``failed``: this rank raised; no barrier (the others may wait in a collective that never comes): the process
-    exits with the error and torchrun (or :func:`spawn_ranks`) stops the other ranks.
+    exits with the error and torchrun (or ``torch.multiprocessing.spawn``) stops the other ranks.
     """
     if not (dist.is_available() and dist.is_initialized()) or failed:
         return
@@ -202,16 +207,14 @@ def loss_module(adapter, ranks: Ranks):
     """The adapter's loss as DDP (rank 0's weights broadcast to all ranks at construction), or None for one process.
 
     ``find_unused_parameters``: with simulated clicks a step may not touch every trainable part
-    (e.g. no click embedding in a text-only step) and ranks draw different modes. The model has no batch
-    statistics, so buffers are not re-broadcast every step.
+    (e.g. no click embedding in a text-only step) and ranks draw different modes.
     """
     if not ranks.distributed:
         return None
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [torch.cuda.current_device()] if ranks.backend == "nccl" else None
-    return DistributedDataParallel(DistributedLoss(adapter), device_ids=device_ids, find_unused_parameters=True,
-                                   broadcast_buffers=False)  # no batch statistics: buffers never change
+    return DistributedDataParallel(DistributedLoss(adapter), device_ids=device_ids, find_unused_parameters=True)
 
 
 # ----------------------------------------------------------------------------------------------- launching
@@ -219,23 +222,3 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _rank_entry(rank: int, world_size: int, fn: Callable, args: tuple) -> None:
-    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world_size),
-                       "LOCAL_WORLD_SIZE": str(world_size)})
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="[%(asctime)s][%(levelname)5s](%(name)s) - %(message)s", force=True)
-    fn(rank, world_size, *args)
-
-
-def spawn_ranks(fn: Callable, world_size: int, args: tuple = ()) -> None:
-    """Run ``fn(rank, world_size, *args)`` in ``world_size`` new processes on this node (``torch.multiprocessing``).
-
-    The way MONAI Label's trainers start ``multi_gpu``: ``env://`` with ``MASTER_ADDR``/``MASTER_PORT`` (kept when
-    the caller set them, as MONAI Label's task runner does), ``RANK``/``LOCAL_RANK``/``WORLD_SIZE`` per process.
-    ``fn`` and ``args`` must pickle. Any rank failing raises here.
-    """
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(free_port()))
-    torch.multiprocessing.spawn(_rank_entry, args=(world_size, fn, args), nprocs=world_size, join=True)

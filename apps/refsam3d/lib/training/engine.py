@@ -153,8 +153,11 @@ def run_training(
     run_id: str | None = None,
     on_epoch: Callable[[dict], Any] | None = None,
     ct_window: Sequence[float] | None = None,
+    run_info: dict | None = None,
 ) -> dict:
     """Train ``adapter`` and publish its best state to ``publish_path``; returns the final stats.
+
+    ``run_info``: extra keys for the stats (how the run was started, e.g. the train task's ``multi_gpu``).
 
     ``start_from_published``: the model was loaded from the file at ``publish_path`` -- with
     ``cfg.validate_start`` its validation Dice is measured first and must be beaten to publish.
@@ -226,7 +229,7 @@ def run_training(
         "val_studies": [d.get("id") or Path(str(d.get("image"))).name for d in val_datalist],
         "validation": ("Dice on held-out labelled studies (never trained on)" if val_datalist
                        else "none: no held-out labelled study (label more studies or set val_split)"),
-        "model": adapter.describe(), "train": {}, "eval": {}, "history": [],
+        "model": adapter.describe(), "train": {}, "eval": {}, "history": [], **(run_info or {}),
     }
 
     def progress_fraction(it: int) -> float:
