@@ -70,7 +70,8 @@ def _run(launcher: list[str], out: Path, data: tuple[Path, Path], batch: int) ->
            "--crop", str(SIZE),
            "--batch-size", str(batch), "--epochs", str(ITERATIONS), "--val-interval", "1", "--no-augment",
            "--no-clicks", "--no-prompt-variety", "--negative-prompts-per-step", "0", "--device", "cpu",
-           "--threads", "1", "--no-progress", "--output", str(out / "refsam3d_small.pt")]
+           "--threads", "1", "--no-progress", "--output", str(out / "refsam3d_small.pt"),
+           "--minutes", "1000", "--warmup", "0"]  # a budget never reached: the ranks share one clock for the lr
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr
@@ -125,6 +126,21 @@ def test_two_gloo_ranks_train_like_one_process_with_the_same_global_batch(small_
 
     stored = read_checkpoint(ddp_out / "refsam3d_small.pt")["extra"]["training"]
     assert stored["val"]["mean_dice"] == pytest.approx(ddp_stats["best_metric"])
+
+
+def test_shards_cover_the_data_evenly_for_training_and_once_for_validation():
+    from lib.training.distributed import Ranks, env_ranks, shard
+
+    assert env_ranks({}) == Ranks() and not env_ranks({"WORLD_SIZE": "1"}).distributed
+    assert env_ranks({"WORLD_SIZE": "4", "RANK": "5", "LOCAL_RANK": "1"}) == Ranks(5, 1, 4)
+    items = list(range(5))
+    train = [shard(items, Ranks(r, r, 2), even=True, seed=3) for r in range(2)]
+    assert [len(t) for t in train] == [3, 3] and set(train[0]) | set(train[1]) == set(items)
+    assert train == [shard(items, Ranks(r, r, 2), even=True, seed=3) for r in range(2)]  # same on every rank
+    val = [shard(items, Ranks(r, r, 2), even=False) for r in range(2)]
+    assert sorted(val[0] + val[1]) == items  # every validation case exactly once
+    assert shard(items[:1], Ranks(1, 1, 2), even=True) == [0]  # fewer cases than ranks: every rank gets them all
+    assert shard(items, Ranks(), even=True) == items  # one process: as is
 
 
 # ----------------------------------------------------------------------------------------------- the train task

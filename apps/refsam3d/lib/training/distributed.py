@@ -149,13 +149,17 @@ def shard(datalist: Sequence[Any], ranks: Ranks, even: bool = True, seed: int = 
                                   even_divisible=even)[ranks.rank])
 
 
-def all_reduce_sums(values: Mapping[str, float], ranks: Ranks, device: torch.device | None = None) -> dict[str, float]:
+def _comm_device(ranks: Ranks) -> torch.device:
+    """Where collective tensors live: this rank's GPU under NCCL, else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if ranks.backend == "nccl" else torch.device("cpu")
+
+
+def all_reduce_sums(values: Mapping[str, float], ranks: Ranks) -> dict[str, float]:
     """Each key's value summed over the ranks (float64); unchanged for one process."""
     if not ranks.distributed:
         return dict(values)
     keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64,
-                     device=device if ranks.backend == "nccl" else "cpu")
+    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=_comm_device(ranks))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return {k: float(v) for k, v in zip(keys, t.tolist())}
 
@@ -164,19 +168,23 @@ def mean_over_ranks(value: torch.Tensor, ranks: Ranks) -> torch.Tensor:
     """The mean of a scalar over the ranks (NaN/inf anywhere gives a non-finite mean everywhere)."""
     if not ranks.distributed:
         return value.detach()
-    t = value.detach().float().reshape(1).clone()
+    t = value.detach().float().reshape(1).to(_comm_device(ranks), copy=True)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t[0] / ranks.world_size
 
 
+def max_over_ranks(value: float, ranks: Ranks) -> float:
+    """The largest ``value`` of all ranks, on every rank (e.g. the clock: one learning rate for all)."""
+    if not ranks.distributed:
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64, device=_comm_device(ranks))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def any_rank(flag: bool, ranks: Ranks) -> bool:
     """True on every rank when it is true on at least one (so all ranks stop together)."""
-    if not ranks.distributed:
-        return bool(flag)
-    device = torch.device("cuda", torch.cuda.current_device()) if ranks.backend == "nccl" else "cpu"
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0)
+    return max_over_ranks(1.0 if flag else 0.0, ranks) > 0 if ranks.distributed else bool(flag)
 
 
 def main_process_only(fn: Callable) -> Callable:

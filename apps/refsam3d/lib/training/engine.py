@@ -31,8 +31,8 @@ from lib.weights_history import WeightsHistory
 from .adapters import SegmentationAdapter, resolve_device
 from .config import TrainConfig
 from .data import cached_dataset, train_loader, train_transforms, val_transforms
-from .distributed import Ranks, all_reduce_sums, any_rank, current, loss_module, mean_over_ranks, rank_device, \
-    rank_seed, shard  # world size 1 (one process): every one of these is a no-op
+from .distributed import Ranks, all_reduce_sums, any_rank, current, loss_module, max_over_ranks, mean_over_ranks, \
+    rank_device, rank_seed, shard  # world size 1 (one process): every one of these is a no-op
 from .prompts import label_map_to_binary
 
 logger = logging.getLogger("lib.training")
@@ -120,16 +120,16 @@ def validate(adapter: SegmentationAdapter, dataset, max_cases: int = 0, ranks: R
                 per_label[e.name].append(d)
     adapter.model.train()
     if ranks is not None and ranks.distributed:
-        return _reduced_dice(per_label, ranks, adapter.device, t0)
+        return _reduced_dice(per_label, ranks, t0)
     dice = {k: float(np.mean(v)) for k, v in per_label.items() if v}
     return {"mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0, "dice": dice, "cases": n,
             "seconds": round(time.time() - t0, 2)}
 
 
-def _reduced_dice(per_label: dict[str, list[float]], ranks: Ranks, device, t0: float) -> dict:
+def _reduced_dice(per_label: dict[str, list[float]], ranks: Ranks, t0: float) -> dict:
     sums = {f"sum/{k}": float(np.sum(v)) for k, v in per_label.items()}
     sums.update({f"count/{k}": float(len(v)) for k, v in per_label.items()})
-    total = all_reduce_sums(sums, ranks, device)
+    total = all_reduce_sums(sums, ranks)
     dice = {k: total[f"sum/{k}"] / total[f"count/{k}"] for k in per_label if total[f"count/{k}"] > 0}
     cases = int(max((total[f"count/{k}"] for k in per_label), default=0))
     return {"mean_dice": float(np.mean(list(dice.values()))) if dice else 0.0, "dice": dice, "cases": cases,
@@ -234,8 +234,8 @@ def run_training(
 
     def progress_fraction(it: int) -> float:
         p = it / max(1, planned_iters)
-        if budget_s:
-            p = max(p, (time.time() - t_start) / budget_s)
+        if budget_s:  # distributed: the latest clock of all ranks, so every rank steps with one lr
+            p = max(p, max_over_ranks(time.time() - t_start, ranks) / budget_s)
         return p
 
     def write_stats(final: bool = False) -> dict:
