@@ -90,8 +90,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start_runtime(args)
     from lib.labelsets import load_label_set
-    from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
-                              run_training, split_datalist)
+    from lib.training import (PromptModelAdapter, TrainConfig, TrainData, TrainOutput, apply_split,
+                              entries_from_label_set, msd_datalist, run_training, split_datalist)
     from lib.training.config import parse_size
     from lib.training.runner import build_model, checkpoint_extra
 
@@ -146,13 +146,11 @@ def main(argv=None) -> int:
                              data=str(Path(args.data).resolve()), train_cases=[d["id"] for d in train_list],
                              val_cases=[d["id"] for d in val_list])
     started_from = args.init and args.init != "fresh" and Path(args.init).resolve() == output.resolve()
-    stats = run_training(
-        adapter, train_list, val_list, cfg, modality=label_set.modality, target_spacing=label_set.target_spacing,
-        crop_size=cfg.crop_size or roi, publish_path=output, stats_path=run_dir / "train_stats.json",
-        events_dir=run_dir / "events", checkpoint_extra=extra, progress=not args.no_progress,
-        start_from_published=bool(started_from),
-        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
-    )
+    data = TrainData(train_list, val_list, label_set.modality, label_set.target_spacing, cfg.crop_size or roi,
+                     ct_window=label_set.ct_window if label_set.modality == "CT" else None)
+    stats = run_training(adapter, cfg, data, TrainOutput(
+        output, stats_path=run_dir / "train_stats.json", events_dir=run_dir / "events", checkpoint_extra=extra,
+        fine_tunes_published=bool(started_from), progress=not args.no_progress))
     print(json.dumps({"checkpoint": str(output), "best_val_mean_dice": stats.get("best_metric"),
                       "best_epoch": stats.get("best_metric_epoch"), "iterations": stats.get("iteration"),
                       "elapsed_s": stats.get("elapsed_s"), "stop_reason": stats.get("stop_reason"),
