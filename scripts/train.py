@@ -95,9 +95,9 @@ def main(argv=None) -> int:
     start_runtime(args)
     from lib.training.distributed import init_distributed, teardown
 
-    ranks = init_distributed(args.device)  # under torchrun: join the process group; else world size 1
+    init_distributed(args.device)  # under torchrun: join the process group; else world size 1
     try:
-        code = train(args, ranks.is_main)
+        code = train(args)
     except BaseException:
         teardown(failed=True)
         raise
@@ -105,11 +105,12 @@ def main(argv=None) -> int:
     return code
 
 
-def train(args: argparse.Namespace, is_main: bool) -> int:
+def train(args: argparse.Namespace) -> int:
     from lib.labelsets import load_label_set
-    from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
-                              run_training, split_datalist)
+    from lib.training import (PromptModelAdapter, TrainConfig, TrainData, TrainOutput, apply_split,
+                              entries_from_label_set, msd_datalist, run_training, split_datalist)
     from lib.training.config import parse_size
+    from lib.training.distributed import is_main_process
     from lib.training.runner import build_model, checkpoint_extra
 
     label_set = load_label_set(args.label_set)
@@ -163,14 +164,12 @@ def train(args: argparse.Namespace, is_main: bool) -> int:
                              data=str(Path(args.data).resolve()), train_cases=[d["id"] for d in train_list],
                              val_cases=[d["id"] for d in val_list])
     started_from = args.init and args.init != "fresh" and Path(args.init).resolve() == output.resolve()
-    stats = run_training(
-        adapter, train_list, val_list, cfg, modality=label_set.modality, target_spacing=label_set.target_spacing,
-        crop_size=cfg.crop_size or roi, publish_path=output, stats_path=run_dir / "train_stats.json",
-        events_dir=run_dir / "events", checkpoint_extra=extra, progress=not args.no_progress,
-        start_from_published=bool(started_from),
-        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
-    )
-    if not is_main:  # rank 0 reports
+    data = TrainData(train_list, val_list, label_set.modality, label_set.target_spacing, cfg.crop_size or roi,
+                     ct_window=label_set.ct_window if label_set.modality == "CT" else None)
+    stats = run_training(adapter, cfg, data, TrainOutput(
+        output, stats_path=run_dir / "train_stats.json", events_dir=run_dir / "events", checkpoint_extra=extra,
+        fine_tunes_published=bool(started_from), progress=not args.no_progress))
+    if not is_main_process():  # rank 0 reports
         return 0
     print(json.dumps({"checkpoint": str(output), "best_val_mean_dice": stats.get("best_metric"),
                       "best_epoch": stats.get("best_metric_epoch"), "iterations": stats.get("iteration"),

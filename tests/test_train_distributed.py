@@ -71,7 +71,7 @@ def _run(launcher: list[str], out: Path, data: tuple[Path, Path], batch: int) ->
            "--batch-size", str(batch), "--epochs", str(ITERATIONS), "--val-interval", "1", "--no-augment",
            "--no-clicks", "--no-prompt-variety", "--negative-prompts-per-step", "0", "--device", "cpu",
            "--threads", "1", "--no-progress", "--output", str(out / "refsam3d_small.pt"),
-           "--minutes", "1000", "--warmup", "0"]  # a budget never reached: the ranks share one clock for the lr
+           "--minutes", "100000", "--warmup", "0"]  # a budget (never reached): the ranks share one clock
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=600)
     log = proc.stdout + proc.stderr

@@ -22,6 +22,8 @@ from lib.training import (
     PromptDiceCELoss,
     PromptModelAdapter,
     TrainConfig,
+    TrainData,
+    TrainOutput,
     entries_from_label_set,
     run_training,
     split_datalist,
@@ -246,12 +248,8 @@ class RefSAM3DTrain(BasicTrainTask):
             "roi_size": list(roi),
             "source": "monailabel train task",
         }
-        return run_training(
-            adapter, train_list, val_list, cfg,
-            modality=self.modality, target_spacing=self.target_spacing, crop_size=crop,
-            publish_path=store.published_path, stats_path=self._stats_path,
-            events_dir=output_dir / f"events_{run_id}", checkpoint_extra=extra,
-            start_from_published=from_published, run_id=run_id, progress=False,
-            ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None,
-            run_info=run_info,
-        )
+        data = TrainData(train_list, val_list, self.modality, self.target_spacing, crop,
+                         ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None)
+        return run_training(adapter, cfg, data, TrainOutput(
+            store.published_path, stats_path=self._stats_path, events_dir=output_dir / f"events_{run_id}",
+            checkpoint_extra=extra, run_id=run_id, fine_tunes_published=from_published, run_info=run_info))

@@ -14,7 +14,9 @@ _EXPORTS = {
     ".adapters": ("EnsembleSegmenter", "PromptModelAdapter", "SegmentationAdapter", "resolve_device"),
     ".config": ("AUGMENTATION_PROFILES", "TrainConfig", "parse_bool", "parse_labels", "parse_size"),
     ".data": ("apply_split", "msd_datalist", "save_split", "split_datalist", "train_transforms", "val_transforms"),
-    ".engine": ("LinearSchedule", "run_training", "validate"),
+    ".engine": ("TrainData", "TrainOutput", "TrainRecipe", "run_training"),
+    ".step": ("ForwardLoss", "LinearSchedule", "TrainStep"),
+    ".validation": ("validate",),
     ".losses": ("PromptDiceCELoss",),
     ".prompts": ("LabelEntry", "entries_from_dict", "entries_from_label_set", "label_map_to_binary", "sample_prompts"),
 }

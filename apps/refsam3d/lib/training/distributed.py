@@ -6,7 +6,7 @@ so single-process training runs exactly as before. Under ``torchrun --nproc_per_
 
 - :func:`init_distributed` joins the process group (``env://``: ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``,
   ``MASTER_PORT``), NCCL on CUDA (one GPU per rank, ``LOCAL_RANK``) and gloo on the CPU;
-- :class:`DistributedLoss` is the module DDP wraps: its forward is the adapter's training loss, so DDP sees
+- :func:`wrap_ddp` wraps the module whose forward is the training loss (``step.ForwardLoss``), so DDP sees
   every parameter the step uses (the click rounds call the model's parts directly) and averages gradients;
 - :func:`shard` gives each rank its part of a data list (MONAI's ``partition_dataset``, as MONAI Label's
   trainers do, so each rank caches only its share); validation sums are added up with :func:`all_reduce_sums`;
@@ -15,12 +15,11 @@ so single-process training runs exactly as before. Under ``torchrun --nproc_per_
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
@@ -136,7 +135,8 @@ def shard(datalist: Sequence[Any], ranks: Ranks, even: bool = True, seed: int = 
 
     ``even`` (training): every rank gets the same number of items (a few repeated), so every rank runs the
     same number of steps; with fewer items than ranks every rank gets them all (as MONAI Label does).
-    Not ``even`` (validation): each item on exactly one rank, so sums over ranks count every case once.
+    Not ``even`` (validation): each item on exactly one rank, so sums over ranks count every case once (with
+    fewer items than ranks some ranks get none: the engine then validates all cases on every rank instead).
     """
     items = list(datalist)
     if not ranks.distributed:
@@ -187,42 +187,19 @@ def any_rank(flag: bool, ranks: Ranks) -> bool:
     return max_over_ranks(1.0 if flag else 0.0, ranks) > 0 if ranks.distributed else bool(flag)
 
 
-def main_process_only(fn: Callable) -> Callable:
-    """Run ``fn`` on rank 0 only (None elsewhere): logs, stats files, TensorBoard, publishing."""
+def wrap_ddp(network: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
+    """``network`` (the module whose forward computes the loss) in DDP; unchanged for one process.
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if is_main_process():
-            return fn(*args, **kwargs)
-        return None
-
-    return wrapper
-
-
-class DistributedLoss(torch.nn.Module):
-    """``forward(image, label) -> (loss, info)`` = the adapter's training loss: the module DDP wraps."""
-
-    def __init__(self, adapter):
-        super().__init__()
-        self.model = adapter.model  # registered, so DDP broadcasts rank 0's weights and hooks the gradients
-        self._adapter = [adapter]  # not a submodule
-
-    def forward(self, image: torch.Tensor, label: torch.Tensor):
-        return self._adapter[0].training_loss(image, label)
-
-
-def loss_module(adapter, ranks: Ranks):
-    """The adapter's loss as DDP (rank 0's weights broadcast to all ranks at construction), or None for one process.
-
-    ``find_unused_parameters``: with simulated clicks a step may not touch every trainable part
-    (e.g. no click embedding in a text-only step) and ranks draw different modes.
+    DDP broadcasts rank 0's weights at construction (every rank starts identical) and averages gradients.
+    ``find_unused_parameters``: with simulated clicks a step may not touch every trainable part (no click
+    embedding in a text-only step) and ranks draw different modes.
     """
     if not ranks.distributed:
-        return None
+        return network
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [torch.cuda.current_device()] if ranks.backend == "nccl" else None
-    return DistributedDataParallel(DistributedLoss(adapter), device_ids=device_ids, find_unused_parameters=True)
+    return DistributedDataParallel(network, device_ids=device_ids, find_unused_parameters=True)
 
 
 # ----------------------------------------------------------------------------------------------- launching
