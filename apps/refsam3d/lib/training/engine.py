@@ -127,8 +127,8 @@ def build_trainer(adapter: SegmentationAdapter, recipe: TrainRecipe, loader, clo
     step = TrainStep(schedule, clock.progress, adapter.parameters_to_optimise(), amp_dtype, cfg.grad_clip, ranks)
     trainer = SupervisedTrainer(
         device=adapter.device, max_epochs=cfg.max_epochs, train_data_loader=loader,
-        network=wrap_ddp(recipe.network(adapter), ranks), optimizer=optimizer, loss_function=getattr(adapter, "loss_fn", None),
-        iteration_update=step, train_handlers=list(handlers), decollate=False, amp=False,
+        network=wrap_ddp(recipe.network(adapter), ranks), optimizer=optimizer,
+        loss_function=getattr(adapter, "loss_fn", None), iteration_update=step, train_handlers=list(handlers), decollate=False, amp=False,
     )
     trainer.logger.setLevel("WARNING")  # ignite's per-epoch lines; ProgressReporter logs ours
     return trainer
