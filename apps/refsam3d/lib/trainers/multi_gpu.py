@@ -11,13 +11,14 @@ reason in ``train_stats.json`` (``multi_gpu``), never silently.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from lib.training.config import first, parse_bool
-from lib.training.distributed import Ranks, free_port, init_distributed
+from lib.training.distributed import Ranks, free_port, init_distributed, teardown
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,25 @@ def store_settings(store) -> dict:
     return {"model_dir": str(store.model_dir), "preset": store.preset, "sam_checkpoint": store.sam_checkpoint,
             "text_encoder": store.requested_text_encoder, "use_pretrained_model": store.use_pretrained_model,
             "device": store.device, "sam_url": store.sam_url}
+
+
+def joins_ranks(train: Callable) -> Callable:
+    """Wraps ``BasicTrainTask.train(rank, world_size, request, datalist)``: with ``multi_gpu`` the rank joins the
+    process group first (:func:`join`) and leaves it after (a failed rank leaves at once, see ``teardown``)."""
+
+    @functools.wraps(train)
+    def wrapper(task, rank: int, world_size: int, request: dict, datalist: list):
+        ranks = join(rank, world_size, request) if request.get("multi_gpu") else None
+        try:
+            result = train(task, rank, world_size, request, datalist)
+        except BaseException:
+            teardown(failed=True)
+            raise
+        if ranks is not None:
+            teardown()
+        return result
+
+    return wrapper
 
 
 def run_info(request: dict, world_size: int) -> dict:

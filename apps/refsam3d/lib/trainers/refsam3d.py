@@ -31,7 +31,7 @@ from lib.training import (
     val_transforms,
 )
 from lib.training.config import AUGMENTATION_PROFILES, first, parse_bool, parse_size, sizes_str
-from lib.training.distributed import current, rank_device, teardown
+from lib.training.distributed import current, rank_device
 
 from . import multi_gpu
 
@@ -204,19 +204,8 @@ class RefSAM3DTrain(BasicTrainTask):
         self.task_config = None
         self.store = ModelStore(**state["store"])
 
+    @multi_gpu.joins_ranks  # with multi_gpu: this is a spawned rank; it joins the process group first
     def train(self, rank, world_size, request, datalist):
-        """One rank's run (``world_size`` > 1 with ``multi_gpu``: a spawned process; joins the group first)."""
-        ranks = multi_gpu.join(rank, world_size, request) if request.get("multi_gpu") else None
-        try:
-            result = self._train(request, datalist, multi_gpu.run_info(request, world_size))
-        except BaseException:
-            teardown(failed=True)
-            raise
-        if ranks is not None:
-            teardown()
-        return result
-
-    def _train(self, request, datalist, run_info: dict):
         cfg = TrainConfig.from_mapping(request, base=self.base_cfg)
         preset = str(first(request.get("preset")) or self.preset)
         if preset not in PRESETS:
@@ -252,4 +241,5 @@ class RefSAM3DTrain(BasicTrainTask):
                          ct_window=getattr(self.label_set, "ct_window", None) if self.modality == "CT" else None)
         return run_training(adapter, cfg, data, TrainOutput(
             store.published_path, stats_path=self._stats_path, events_dir=output_dir / f"events_{run_id}",
-            checkpoint_extra=extra, run_id=run_id, fine_tunes_published=from_published, run_info=run_info))
+            checkpoint_extra=extra, run_id=run_id, fine_tunes_published=from_published,
+            run_info=multi_gpu.run_info(request, world_size)))
