@@ -93,10 +93,8 @@ class TrainRecipe:
         return ForwardLoss(adapter)
 
     def train_loader(self, dataset, sampler=None):
-        """The shuffled training loader (``sampler``: e.g. a ``DistributedSampler``; not implemented yet)."""
-        if sampler is not None:
-            raise NotImplementedError("a custom sampler")
-        return train_loader(dataset, self.cfg.batch_size, self.cfg.num_workers, self.cfg.seed)
+        """The shuffled training loader (``sampler``: e.g. a ``DistributedSampler``, each rank its share)."""
+        return train_loader(dataset, self.cfg.batch_size, self.cfg.num_workers, self.cfg.seed, sampler=sampler)
 
 
 def _runtime(cfg: TrainConfig, adapter: SegmentationAdapter) -> torch.dtype | None:
