@@ -94,9 +94,11 @@ class TrainRecipe:
     def network(self, adapter: SegmentationAdapter) -> ForwardLoss:
         return ForwardLoss(adapter)
 
-    def train_loader(self, dataset, ranks: Ranks = Ranks()):
-        """The shuffled training loader of this rank's share (augmentation seeded per rank: ``rank_seed``)."""
-        return train_loader(dataset, self.cfg.batch_size, self.cfg.num_workers, rank_seed(self.cfg.seed, ranks))
+    def train_loader(self, dataset, ranks: Ranks = Ranks(), sampler=None):
+        """The shuffled training loader (``sampler``: e.g. a ``DistributedSampler``); distributed: of this rank's
+        share, its augmentation seeded per rank (``rank_seed``)."""
+        return train_loader(dataset, self.cfg.batch_size, self.cfg.num_workers, rank_seed(self.cfg.seed, ranks),
+                            sampler=sampler)
 
 
 def _runtime(cfg: TrainConfig, adapter: SegmentationAdapter, ranks: Ranks) -> torch.dtype | None:

@@ -2,7 +2,7 @@
 
 Each iteration segments one whole volume with ``adapter.segment`` (sliding window over the validation
 window, the same path the evaluation and the server take) and scores it with ``lib.evaluation``'s Dice;
-:class:`PerLabelDice` (an ignite metric) averages per label over the cases -- gathered across ranks
+:class:`PerLabelDice` (an ignite metric) averages per label over the cases -- added up across ranks
 when the evaluator runs in several processes.
 """
 
