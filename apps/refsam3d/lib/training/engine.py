@@ -130,7 +130,8 @@ def build_trainer(adapter: SegmentationAdapter, recipe: TrainRecipe, loader, clo
     trainer = SupervisedTrainer(
         device=adapter.device, max_epochs=cfg.max_epochs, train_data_loader=loader,
         network=wrap_ddp(recipe.network(adapter), ranks), optimizer=optimizer,
-        loss_function=getattr(adapter, "loss_fn", None), iteration_update=step, train_handlers=list(handlers), decollate=False, amp=False,
+        loss_function=getattr(adapter, "loss_fn", None), iteration_update=step, train_handlers=list(handlers),
+        decollate=False, amp=False,
     )
     trainer.logger.setLevel("WARNING")  # ignite's per-epoch lines; ProgressReporter logs ours
     return trainer
