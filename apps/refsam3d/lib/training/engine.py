@@ -11,6 +11,12 @@ No MONAI Label import here: the server's train task and the command line call :f
 
 Pieces are built by :class:`TrainRecipe` -- the functions ``RefSAM3DTrain``'s ``network``, ``optimizer``,
 ``loss_function``, transforms and ``val_inferer`` call too.
+
+Where torch.distributed slots in: wrap ``recipe.network(adapter)`` in ``DistributedDataParallel``; give
+``recipe.train_loader`` and ``validation_loader`` a ``sampler`` (MONAI's ``DistributedSampler``,
+``even_divisible=False`` for validation; the trainer sets the epoch of a distributed sampler);
+``PerLabelDice`` gathers the cases of all ranks and ``StopConditions`` broadcasts rank 0's decision;
+ranks > 0 get ``TrainOutput(None)`` (nothing published, no stats file, no events).
 """
 
 from __future__ import annotations

@@ -70,6 +70,10 @@ class StopConditions:
             reason = "max_iterations"
         elif self.clock.over_budget():
             reason = "time_budget"
+        from ignite import distributed as idist
+
+        if idist.get_world_size() > 1:  # every rank stops at the same step: rank 0's clock decides
+            reason = idist.broadcast(reason or "", src=0, safe_mode=True) or None
         if reason:
             self.record["stop_reason"] = reason
             logger.info(f"Stopping: {reason.replace('_', ' ')} reached after {engine.state.iteration} iterations "
