@@ -12,11 +12,11 @@ No MONAI Label import here: the server's train task and the command line call :f
 Pieces are built by :class:`TrainRecipe` -- the functions ``RefSAM3DTrain``'s ``network``, ``optimizer``,
 ``loss_function``, transforms and ``val_inferer`` call too.
 
-Where torch.distributed slots in: wrap ``recipe.network(adapter)`` in ``DistributedDataParallel``; give
-``recipe.train_loader`` and ``validation_loader`` a ``sampler`` (MONAI's ``DistributedSampler``,
-``even_divisible=False`` for validation; the trainer sets the epoch of a distributed sampler);
-``PerLabelDice`` gathers the cases of all ranks and ``StopConditions`` broadcasts rank 0's decision;
-ranks > 0 get ``TrainOutput(None)`` (nothing published, no stats file, no events).
+Distributed (torchrun / the train task's ``multi_gpu``; ``distributed.py``): ``recipe.network(adapter)`` in
+``DistributedDataParallel``; each rank caches and trains on its share of the cases (``shard``) and validates its
+share of the validation cases (``PerLabelDice`` adds up the per-label sums and counts of all ranks); the ranks
+share one clock (lr schedule, budget) and ``StopConditions`` follows rank 0's decision; ranks > 0 get no stats
+file, no events and no publish path.
 """
 
 from __future__ import annotations
