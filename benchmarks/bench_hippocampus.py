@@ -222,7 +222,7 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     import torch
 
     from lib.evaluation import evaluate, write_reports
-    from lib.training import TrainConfig, run_training
+    from lib.training import TrainConfig, TrainData, TrainOutput, run_training
 
     cfg = TrainConfig.from_mapping({**recipe, "max_minutes": minutes, "max_epochs": args.max_epochs,
                                     "threads": args.threads, "device": args.device, "seed": args.seed,
@@ -233,12 +233,10 @@ def run_one(name, adapter, recipe, split, label_set, minutes, args, out_dir, ckp
     stats_path = out_dir / f"{ckpt_path.stem}.train_stats.json"
     if train:
         t0 = time.time()
-        stats = run_training(
-            adapter, split["train"], split["val"], cfg, modality=label_set.modality,
-            target_spacing=label_set.target_spacing, crop_size=cfg.crop_size, publish_path=ckpt_path,
-            stats_path=stats_path, events_dir=ckpt_path.parent / "events" / ckpt_path.stem,
-            checkpoint_extra=extra, progress=not args.no_progress,
-        )
+        data = TrainData(split["train"], split["val"], label_set.modality, label_set.target_spacing, cfg.crop_size)
+        stats = run_training(adapter, cfg, data, TrainOutput(
+            ckpt_path, stats_path=stats_path, events_dir=ckpt_path.parent / "events" / ckpt_path.stem,
+            checkpoint_extra=extra, progress=not args.no_progress))
         train_s = time.time() - t0
     else:
         if not (ckpt_path.is_file() and stats_path.is_file()):

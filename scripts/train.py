@@ -9,6 +9,10 @@ Example (hippocampus, small preset from random initialisation, 60 minutes on the
         --preset small --text-encoder minilm --output model/refsam3d_small.pt --minutes 60 --epochs 10000 \\
         --val-split 0 --amp-cpu     # the benchmark's recipe on all cases (lr 1e-3 is the small preset's default)
 
+Distributed (DDP, one process per GPU; gloo on CPUs): ``torchrun --nproc_per_node 4 scripts/train.py ...``;
+several nodes: ``torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint host:29400
+scripts/train.py ...`` on each node. ``--batch-size`` is per process (docs/training.md, "Distributed training").
+
 Serve the result: ``monailabel start_server --app apps/refsam3d --studies ... --conf preset small
 --conf label_set msd_hippocampus --conf text_encoder minilm`` with the file at ``model/refsam3d_small.pt``.
 """
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float, default=0.0, help="wall-clock budget incl. validation (0 = none)")
     t.add_argument("--iterations", type=int, default=0, help="max iterations (0 = none)")
     t.add_argument("--crop", default=None, help="training crop (default: the roi)")
-    t.add_argument("--batch-size", type=int, default=2)
+    t.add_argument("--batch-size", type=int, default=2, help="volumes per step per process (torchrun: per rank)")
     t.add_argument("--num-samples", type=int, default=1, help="crops per volume per step")
     t.add_argument("--lr", type=float, default=None,
                    help="AdamW learning rate (default 1e-3 for small from scratch, 1e-4 = the paper's for vit_b)")
@@ -89,11 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     start_runtime(args)
+    from lib.training.distributed import init_distributed, teardown
+
+    init_distributed(args.device)  # under torchrun: join the process group; else world size 1
+    try:
+        code = train(args)
+    except BaseException:
+        teardown(failed=True)
+        raise
+    teardown()
+    return code
+
+
+def train(args: argparse.Namespace) -> int:
     from lib.labelsets import load_label_set
-    from lib.training import (PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set, msd_datalist,
-                              run_training, split_datalist)
+    from lib.training import (PromptModelAdapter, TrainConfig, TrainData, TrainOutput, apply_split,
+                              entries_from_label_set, msd_datalist, run_training, split_datalist)
     from lib.defaults import DEFAULT_LEARNING_RATE
     from lib.parsing import parse_size
+    from lib.training.distributed import is_main_process
     from lib.training.runner import build_model, checkpoint_extra
 
     label_set = load_label_set(args.label_set)
@@ -147,17 +165,18 @@ def main(argv=None) -> int:
                              data=str(Path(args.data).resolve()), train_cases=[d["id"] for d in train_list],
                              val_cases=[d["id"] for d in val_list])
     started_from = args.init and args.init != "fresh" and Path(args.init).resolve() == output.resolve()
-    stats = run_training(
-        adapter, train_list, val_list, cfg, modality=label_set.modality, target_spacing=label_set.target_spacing,
-        crop_size=cfg.crop_size or roi, publish_path=output, stats_path=run_dir / "train_stats.json",
-        events_dir=run_dir / "events", checkpoint_extra=extra, progress=not args.no_progress,
-        start_from_published=bool(started_from),
-        ct_window=label_set.ct_window if label_set.modality == "CT" else None,
-    )
+    data = TrainData(train_list, val_list, label_set.modality, label_set.target_spacing, cfg.crop_size or roi,
+                     ct_window=label_set.ct_window if label_set.modality == "CT" else None)
+    stats = run_training(adapter, cfg, data, TrainOutput(
+        output, stats_path=run_dir / "train_stats.json", events_dir=run_dir / "events", checkpoint_extra=extra,
+        fine_tunes_published=bool(started_from), progress=not args.no_progress))
+    if not is_main_process():  # rank 0 reports
+        return 0
     print(json.dumps({"checkpoint": str(output), "best_val_mean_dice": stats.get("best_metric"),
                       "best_epoch": stats.get("best_metric_epoch"), "iterations": stats.get("iteration"),
                       "elapsed_s": stats.get("elapsed_s"), "stop_reason": stats.get("stop_reason"),
-                      "stats": str(run_dir / "train_stats.json")}, indent=1))
+                      "stats": str(run_dir / "train_stats.json"),
+                      "world_size": stats.get("world_size")}, indent=1))
     return 0
 
 

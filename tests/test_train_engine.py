@@ -48,14 +48,14 @@ def _setup(hippocampus_dir, case_ids):
 
 def _validation(adapter, datalist, label_set) -> float:
     from lib.training.data import cached_dataset, val_transforms
-    from lib.training.engine import validate
+    from lib.training.validation import validate
 
     return validate(adapter, cached_dataset(datalist, val_transforms("MR", label_set.target_spacing)))["mean_dice"]
 
 
 def test_short_run_lowers_the_loss_and_raises_validation_dice(hippocampus_dir, tmp_path, one_thread):
     from lib.model import read_checkpoint
-    from lib.training import PromptModelAdapter, TrainConfig, run_training
+    from lib.training import PromptModelAdapter, TrainConfig, TrainData, TrainOutput, run_training
     from lib.training.runner import build_model
 
     label_set, entries, datalist = _setup(hippocampus_dir, ["hippocampus_004"])
@@ -65,8 +65,8 @@ def test_short_run_lowers_the_loss_and_raises_validation_dice(hippocampus_dir, t
     dice_before = _validation(adapter, datalist, label_set)
 
     losses: list[float] = []
-    state = run_training(adapter, datalist, datalist, cfg, "MR", label_set.target_spacing, CROP,
-                         publish_path=tmp_path / "refsam3d_small.pt", stats_path=tmp_path / "train_stats.json",
+    state = run_training(adapter, cfg, TrainData(datalist, datalist, "MR", label_set.target_spacing, CROP),
+                         TrainOutput(tmp_path / "refsam3d_small.pt", stats_path=tmp_path / "train_stats.json"),
                          on_epoch=lambda s: losses.append(s["train"]["metrics"]["train_loss"]))
     assert state["iteration"] == EPOCHS and len(losses) == EPOCHS  # one crop pair per epoch
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
@@ -82,7 +82,7 @@ def test_short_run_lowers_the_loss_and_raises_validation_dice(hippocampus_dir, t
 
 def test_harmful_fine_tuning_does_not_replace_a_good_published_model(hippocampus_dir, tmp_path, one_thread):
     from lib.model import load_checkpoint
-    from lib.training import PromptModelAdapter, TrainConfig, run_training
+    from lib.training import PromptModelAdapter, TrainConfig, TrainData, TrainOutput, run_training
     from lib.training.runner import build_model
 
     cases = json.loads(SPLIT.read_text())["test"][:2]  # held out from the shipped model's training
@@ -96,8 +96,8 @@ def test_harmful_fine_tuning_does_not_replace_a_good_published_model(hippocampus
                       warmup_fraction=0.0, min_lr_fraction=1.0, threads=1, log_interval_s=1000, seed=0)
     model = build_model("small", "minilm", init=str(published))
     adapter = PromptModelAdapter(model, entries, cfg, roi_size=CROP, device="cpu")
-    state = run_training(adapter, datalist[:1], datalist[1:], cfg, "MR", label_set.target_spacing, CROP,
-                         publish_path=published, start_from_published=True)
+    state = run_training(adapter, cfg, TrainData(datalist[:1], datalist[1:], "MR", label_set.target_spacing, CROP),
+                         TrainOutput(published, fine_tunes_published=True))
     start = state["best_metric"]
     damaged = [h["val_mean_dice"] for h in state["history"]]
     print(f"\nharmful fine-tuning: published model {start:.3f}, after each epoch {damaged}")

@@ -1,9 +1,12 @@
 """MONAI Label train task ``refsam3d``: fine-tune RefSAM3D on the datastore's final labels.
 
 A thin ``BasicTrainTask``: MONAI Label gives the request (the user's ``config`` edits) and the data
-list; the loop itself is ``lib.training.run_training`` -- the same code as ``scripts/train.py``.
+list; ``network``, ``optimizer``, ``loss_function``, the transforms and ``val_inferer`` return what the run
+uses (``train()`` builds it from them; the engine, ``lib.training.run_training`` -- the same code as
+``scripts/train.py`` -- builds the same pieces with the same ``lib.training`` functions).
 The best model (validation Dice) is published to ``ModelStore.published_path`` with the atomic
 ``save_checkpoint``; the infer task's ``ModelStore.get()`` notices the new file and reloads it.
+``multi_gpu`` / ``gpus``: one DDP rank per GPU, spawned by ``BasicTrainTask.__call__`` (``lib/trainers/multi_gpu.py``).
 """
 
 from __future__ import annotations
@@ -11,25 +14,21 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from monailabel.interfaces.datastore import Datastore
 from monailabel.tasks.train.basic_train import BasicTrainTask, Context
 from monailabel.utils.others.generic import device_list
 
-from lib.training import (
-    PromptDiceCELoss,
-    PromptModelAdapter,
-    entries_from_label_set,
-    run_training,
-    split_datalist,
-    train_transforms,
-    val_transforms,
-)
 from lib.defaults import PRESETS
 from lib.parsing import sizes_str
 from lib.request_settings import TrainRequest
+from lib.training import PromptModelAdapter, TrainData, TrainOutput, TrainRecipe, entries_from_label_set, run_training, split_datalist
 from lib.training.config import AUGMENTATION_PROFILES
+from lib.training.distributed import current, rank_device
+
+from . import multi_gpu
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +39,7 @@ class RefSAM3DTrain(BasicTrainTask):
     def __init__(self, config, description: str = "Fine-tune RefSAM3D on the final labels (text prompt per label)",
                  **kwargs):
         self.task_config = config
+        self.model_root = str(config.model_dir)
         self.settings = settings = config.settings  # lib/settings.py: AppSettings, parsed once at start-up
         self.label_set = settings.label_set
         self.store = config.store
@@ -69,8 +69,8 @@ class RefSAM3DTrain(BasicTrainTask):
                                                             if a != self.base_cfg.augmentation],
             "publish_unvalidated": self.base_cfg.publish_unvalidated,
             "clicks": self.base_cfg.clicks,  # simulated clicks (text / text + clicks / clicks only)
-            "multi_gpu": False,
-            "gpus": "all",
+            "multi_gpu": False,  # true: one DDP rank per GPU (needs 2+ CUDA GPUs, else one process and a warning)
+            "gpus": "all",  # or "0,1": the GPUs of the ranks
         }
         model_dir = os.path.join(str(config.model_dir), str(config.name or "refsam3d"))
         super().__init__(
@@ -87,35 +87,58 @@ class RefSAM3DTrain(BasicTrainTask):
                     "early_stop_patience", "val_batch_size"):
             self._config.pop(key, None)
 
-    # ------------------------------------------------------------------ BasicTrainTask's abstract parts
-    # They describe the same pieces the shared engine uses (kept for MONAI Label tooling/introspection).
+    # ------------------------------------------------------------------ BasicTrainTask's parts = what training uses
+    # train() builds its run from these methods (and the engine from the same lib.training functions they call).
+    def _plan(self, context: Context) -> SimpleNamespace:
+        """The run a request asks for (cached on the context): options, preset, window, labels, data, recipe."""
+        plan = getattr(context, "refsam3d_plan", None)
+        if plan is None:
+            run = TrainRequest.from_request(context.request or {}, self.base_cfg, self.preset)  # lib/request_settings.py
+            cfg, preset, roi = run.config, run.preset, self.settings.roi_for(run.preset)
+            labelled = [d for d in (context.datalist or []) if d.get("label")]
+            context.train_datalist, context.val_datalist = split_datalist(labelled, cfg.val_split, seed=cfg.seed)
+            data = TrainData(context.train_datalist, context.val_datalist, self.modality, self.target_spacing,
+                             tuple(cfg.crop_size) if cfg.crop_size else roi,
+                             ct_window=self.settings.ct_window)
+            plan = SimpleNamespace(run=run, cfg=cfg, preset=preset, roi=roi, entries=entries_from_label_set(self.label_set, cfg.labels),
+                                   data=data, recipe=TrainRecipe(cfg, data))
+            context.refsam3d_plan = plan
+        return plan
+
     def network(self, context: Context):
-        return self._load_model(self.preset, pretrained=True)[0]
+        """The model to train: the published one to fine-tune (``pretrained``), else the base weights."""
+        plan = self._plan(context)
+        model, context.fine_tunes_published = self._load_model(plan.preset, plan.run.pretrained)
+        return model
+
+    def _adapter(self, context: Context) -> PromptModelAdapter:
+        """The adapter the engine trains (``context.network`` + labels + options), built once per context."""
+        if getattr(context, "adapter", None) is None:
+            if context.network is None:
+                context.network = self.network(context)
+            plan = self._plan(context)
+            context.adapter = PromptModelAdapter(context.network, plan.entries, plan.cfg, roi_size=plan.roi,
+                                                 overlap=self.overlap, device=rank_device(plan.cfg.device, current()),
+                                                 seed=plan.cfg.seed)
+        return context.adapter
 
     def optimizer(self, context: Context):
-        import torch
-
-        params = context.network.trainable_parameters() if hasattr(context.network, "trainable_parameters") \
-            else context.network.parameters()
-        return torch.optim.AdamW(params, lr=self.base_cfg.learning_rate, weight_decay=self.base_cfg.weight_decay)
+        return self._plan(context).recipe.optimizer(self._adapter(context))
 
     def loss_function(self, context: Context):
-        return PromptDiceCELoss(self.base_cfg.dice_weight, self.base_cfg.ce_weight)
+        return self._adapter(context).loss_fn  # the loss the training step calls
 
     def train_pre_transforms(self, context: Context):
-        return train_transforms(self.modality, self.target_spacing,
-                                self.base_cfg.crop_size or self.roi_size, self.base_cfg)
+        return self._plan(context).recipe.train_transforms()
 
     def train_post_transforms(self, context: Context):
         return []
 
     def val_pre_transforms(self, context: Context):
-        return val_transforms(self.modality, self.target_spacing)
+        return self._plan(context).recipe.val_transforms()
 
     def val_inferer(self, context: Context):
-        from monai.inferers import SlidingWindowInferer
-
-        return SlidingWindowInferer(roi_size=self.roi_size, overlap=self.overlap)
+        return self._adapter(context).inferer
 
     # ------------------------------------------------------------------ the run
     def _store_for(self, preset: str):
@@ -125,7 +148,7 @@ class RefSAM3DTrain(BasicTrainTask):
 
         store = self.store
         return ModelStore(
-            self.task_config.model_dir, preset,
+            self.model_root, preset,
             sam_checkpoint=store.sam_checkpoint,
             text_encoder=store.text_encoder,
             use_pretrained_model=store.use_pretrained_model,
@@ -160,40 +183,50 @@ class RefSAM3DTrain(BasicTrainTask):
     def pre_process(self, request, datastore: Datastore):
         return datastore.datalist()
 
-    def train(self, rank, world_size, request, datalist):
-        run = TrainRequest.from_request(request, self.base_cfg, self.preset)  # lib/request_settings.py
-        cfg, preset = run.config, run.preset
-        store = self._store_for(preset)
-        if preset != self.preset:
-            logger.warning(f"Training preset {preset!r} while the server serves {self.preset!r}: the result is "
-                           f"published to {store.published_path} and served after a restart with --conf preset {preset}")
-        roi = self.settings.roi_for(preset)
-        crop = tuple(cfg.crop_size) if cfg.crop_size else roi
-        entries = entries_from_label_set(self.label_set, cfg.labels)
-        model, from_published = self._load_model(preset, run.pretrained)
+    # ------------------------------------------------------------------ multi_gpu (lib/trainers/multi_gpu.py)
+    def __call__(self, request, datastore: Datastore):
+        return super().__call__(multi_gpu.plan(request, self._config.get("multi_gpu")), datastore)
 
-        datalist = [d for d in datalist if d.get("label")]
-        train_list, val_list = split_datalist(datalist, cfg.val_split, seed=cfg.seed)
+    def __getstate__(self) -> dict:
+        """What a spawned rank gets: the task without the app's config and model store (rebuilt from their settings)."""
+        state = dict(self.__dict__)
+        state.pop("task_config", None)
+        state["store"] = multi_gpu.store_settings(state["store"])
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        from lib.model_store import ModelStore
+
+        self.__dict__.update(state)
+        self.task_config = None
+        self.store = ModelStore(**state["store"])
+
+    @multi_gpu.joins_ranks  # with multi_gpu: this is a spawned rank; it joins the process group first
+    def train(self, rank, world_size, request, datalist):
+        context = Context()
+        context.request, context.datalist = request, datalist
+        plan = self._plan(context)
+        store = self._store_for(plan.preset)
+        if plan.preset != self.preset:
+            logger.warning(f"Training preset {plan.preset!r} while the server serves {self.preset!r}: the result is "
+                           f"published to {store.published_path} and served after a restart with --conf preset "
+                           f"{plan.preset}")
+        context.network = self.network(context)
+        adapter = self._adapter(context)
         run_id = request.get("run_id")
-        output_dir = Path(self._model_dir) / run.name
+        output_dir = Path(self._model_dir) / plan.run.name
         output_dir.mkdir(parents=True, exist_ok=True)
-        logger.info(f"{len(datalist)} labelled studies: {len(train_list)} train, {len(val_list)} validation; "
-                    f"output {output_dir}")
-        adapter = PromptModelAdapter(model, entries, cfg, roi_size=roi, overlap=self.overlap, device=cfg.device,
-                                     seed=cfg.seed)
+        logger.info(f"{len(plan.data.train) + len(plan.data.val)} labelled studies: {len(plan.data.train)} train, "
+                    f"{len(plan.data.val)} validation; output {output_dir}")
         extra = {
             "label_set": self.label_set.to_json(),
             "label_set_name": self.label_set.name,
-            "trained_labels": [e.name for e in entries],
-            "preset": preset,
-            "roi_size": list(roi),
+            "trained_labels": [e.name for e in plan.entries],
+            "preset": plan.preset,
+            "roi_size": list(plan.roi),
             "source": "monailabel train task",
         }
-        return run_training(
-            adapter, train_list, val_list, cfg,
-            modality=self.modality, target_spacing=self.target_spacing, crop_size=crop,
-            publish_path=store.published_path, stats_path=self._stats_path,
-            events_dir=output_dir / f"events_{run_id}", checkpoint_extra=extra,
-            start_from_published=from_published, run_id=run_id, progress=False,
-            ct_window=self.settings.ct_window,
-        )
+        return run_training(adapter, plan.cfg, plan.data, TrainOutput(
+            store.published_path, stats_path=self._stats_path, events_dir=output_dir / f"events_{run_id}",
+            checkpoint_extra=extra, run_id=run_id, fine_tunes_published=context.fine_tunes_published,
+            run_info=multi_gpu.run_info(request, world_size)))

@@ -11,11 +11,15 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    ".adapters": ("EnsembleSegmenter", "PromptModelAdapter", "SegmentationAdapter", "resolve_device"),
+    ".adapters": ("EnsembleSegmenter", "PromptModelAdapter", "SegmentationAdapter", "resolve_device",
+                  "trainable_parameters"),
     ".config": ("AUGMENTATION_PROFILES", "TrainConfig", "parse_bool", "parse_labels", "parse_size"),
     ".data": ("apply_split", "msd_datalist", "save_split", "split_datalist", "train_transforms", "val_transforms"),
-    ".engine": ("LinearSchedule", "run_training", "validate"),
-    ".losses": ("PromptDiceCELoss",),
+    ".engine": ("TrainData", "TrainOutput", "TrainRecipe", "run_training"),
+    ".step": ("ForwardLoss", "LinearSchedule", "TrainStep"),
+    ".validation": ("validate",),
+    ".inferer": ("PromptSlidingWindowInferer",),
+    ".losses": ("PromptDiceCELoss", "prompt_loss"),
     ".prompts": ("LabelEntry", "entries_from_dict", "entries_from_label_set", "label_map_to_binary", "sample_prompts"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -14,7 +14,8 @@ import torch
 from lib.defaults import DEFAULT_DEVICE
 
 from .config import TrainConfig
-from .losses import PromptDiceCELoss
+from .inferer import PromptSlidingWindowInferer
+from .losses import prompt_loss
 from .prompts import LabelEntry, phrasing_metadata, prompt_options, sample_prompts
 
 
@@ -50,6 +51,12 @@ class SegmentationAdapter:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The parameters training updates: ``model.trainable_parameters()`` where defined, with ``requires_grad``."""
+    params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else model.parameters()
+    return [p for p in params if p.requires_grad]
 
 
 def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
@@ -110,17 +117,13 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
         self.threshold = float(threshold)
         self.mirror_axes = tuple(mirror_axes)  # test-time flips averaged by predict_probs (none: one pass)
         self.precision: Optional[torch.dtype] = None  # autocast dtype of the image encoding in predict_probs (None: float32)
-        self.loss_fn = PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
+        self.loss_fn = prompt_loss(cfg)
         self.rng = random.Random(seed)
         self.prompt_options = prompt_options(self.entries, cfg)  # phrasings, negatives (lib/training/prompts.py)
         self.to(resolve_device(device))
 
     def parameters_to_optimise(self) -> list[torch.nn.Parameter]:
-        if hasattr(self.model, "trainable_parameters"):
-            params = list(self.model.trainable_parameters())
-        else:
-            params = list(self.model.parameters())
-        return [p for p in params if p.requires_grad]
+        return trainable_parameters(self.model)
 
     def training_loss(self, image, label):
         prompts, target, names = sample_prompts(label, self.entries, rng=self.rng, **self.prompt_options)
@@ -134,12 +137,18 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
         loss = self.loss_fn(logits, target.to(logits.device))
         return loss, {"prompts": len(prompts), "absent": int((target.flatten(2).sum(-1) == 0).sum()), **info}
 
+    @property
+    def inferer(self) -> PromptSlidingWindowInferer:
+        """The validation window (``RefSAM3DTrain.val_inferer`` returns this too)."""
+        return PromptSlidingWindowInferer(self.roi_size, self.overlap)
+
     def predict_probs(self, image: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from lib.inference import mirror_averaged, sliding_window_segment
+        from lib.inference import mirror_averaged
+
+        inferer = self.inferer
 
         def predict(x: torch.Tensor) -> torch.Tensor:
-            return sliding_window_segment(self.model, x, list(prompts), self.roi_size, overlap=self.overlap,
-                                          sw_batch_size=1, device=self.device, precision=self.precision)
+            return inferer(x, self.model, prompts, device=self.device, precision=self.precision)
 
         return mirror_averaged(predict, image, self.mirror_axes)[0].float()  # [K, D, H, W]
 

@@ -232,12 +232,14 @@ def cached_dataset(datalist: Sequence[dict], transform: Compose, cache_rate: flo
     return CacheDataset(data, transform, cache_rate=cache_rate, num_workers=workers or None, progress=False)
 
 
-def train_loader(dataset, batch_size: int, num_workers: int = 0, seed: int = 0):
+def train_loader(dataset, batch_size: int, num_workers: int = 0, seed: int = 0, sampler=None):
+    """Shuffled batches; ``sampler`` (e.g. a ``DistributedSampler``: each rank its share) replaces the shuffling."""
     generator = torch.Generator()
     generator.manual_seed(seed)
+    order = {"shuffle": True} if sampler is None else {"shuffle": False, "sampler": sampler}
     if num_workers <= 0:
         # a background thread applies the random transforms while the network trains
-        return ThreadDataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=False,
-                                generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=num_workers, drop_last=False,
-                      generator=generator, persistent_workers=True)
+        return ThreadDataLoader(dataset, batch_size=batch_size, num_workers=0, drop_last=False,
+                                generator=generator, **order)
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, drop_last=False,
+                      generator=generator, persistent_workers=True, **order)

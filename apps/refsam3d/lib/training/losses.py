@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
+from .config import TrainConfig
+
 
 class PromptDiceCELoss(torch.nn.Module):
     """Soft Dice + binary cross-entropy, one sigmoid channel per prompt.
@@ -38,3 +40,8 @@ class PromptDiceCELoss(torch.nn.Module):
                 per_pair = self.dice(logits.reshape(b * k, 1, -1)[nonempty], flat_t[nonempty])
                 loss = loss + self.dice_weight * per_pair.mean()
         return loss
+
+
+def prompt_loss(cfg: TrainConfig) -> PromptDiceCELoss:
+    """The training loss of a run (``PromptModelAdapter.loss_fn`` and ``RefSAM3DTrain.loss_function``)."""
+    return PromptDiceCELoss(cfg.dice_weight, cfg.ce_weight)
