@@ -31,6 +31,7 @@ import torch
 
 from lib.atomic_files import new_file_mode
 from lib.defaults import DEFAULT_DEVICE, DEFAULT_TEXT_ENCODER
+from lib.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class ModelStore:
         self.model_dir = Path(model_dir)
         self.preset = str(preset)
         self.use_pretrained_model = bool(use_pretrained_model)
-        self.device = self._resolve_device(device)
+        self.device = str(resolve_device(device or DEFAULT_DEVICE))  # lib/devices.py
         self.sam_url = sam_url or SAM_VIT_B_URL
         self._lock = threading.RLock()
         self._warnings: List[str] = []
@@ -143,15 +144,6 @@ class ModelStore:
             logger.warning(f"RefSAM3D: {w}")
 
     # ------------------------------------------------------------------ resolution of base weights
-    @staticmethod
-    def _resolve_device(device: Optional[str]) -> str:
-        d = (device or DEFAULT_DEVICE).strip().lower()
-        if d in ("", "auto"):
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        if d.startswith("cuda") and not torch.cuda.is_available():
-            logger.warning(f"RefSAM3D: device '{d}' requested but CUDA is not available; using the CPU")
-            return "cpu"
-        return d
 
     def _warn(self, message: str) -> None:
         if message not in self._warnings:

@@ -11,7 +11,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from lib.defaults import DEFAULT_DEVICE
+from lib.devices import resolve_device  # noqa: F401  (re-exported by lib.training)
 
 from .config import TrainConfig
 from .inferer import PromptSlidingWindowInferer
@@ -57,17 +57,6 @@ def trainable_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     """The parameters training updates: ``model.trainable_parameters()`` where defined, with ``requires_grad``."""
     params = model.trainable_parameters() if hasattr(model, "trainable_parameters") else model.parameters()
     return [p for p in params if p.requires_grad]
-
-
-def resolve_device(name: str | torch.device | None = DEFAULT_DEVICE) -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    if name is None or str(name).lower() in ("auto", ""):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    name = str(name)
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 class ProbabilitySegmenter:
