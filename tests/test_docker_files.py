@@ -109,9 +109,9 @@ def test_compose_stack_orthanc_dicomweb_app_gpu_and_auth_note():
     devices = app["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] for d in devices)
     assert any(v.endswith(":/app/model") for v in app["volumes"])
-    from lib.configs import refsam3d as config_module
+    from lib.settings import conf_table
 
-    documented = set(re.findall(r"^``(\w+)``", config_module.__doc__, re.M))
+    documented = {key for key, _ in conf_table()}  # every --conf key the settings object reads (lib/settings.py)
     keys = {k[len("REFSAM3D_CONF_"):].lower() for k in app["environment"] if k.startswith("REFSAM3D_CONF_")}
     assert keys and keys <= documented, keys - documented
     text = COMPOSE.read_text()
