@@ -73,7 +73,7 @@ class AtomicLocalDatastore(LocalDatastore):
             raise ImageNotFoundException(f"Image {image_id} not found")
         logger.info(f"Removing Image: {image_id}")
         with FileLock(self._lock_file):
-            for tag, label in obj.labels.items():
+            for tag, label in list(obj.labels.items()):  # a copy: the file watcher may drop a label meanwhile
                 remove_file(os.path.join(self._datastore.label_path(tag), self._filename(image_id, label.ext)))
             image_name = self._filename(image_id, obj.image.ext)
             remove_file(os.path.realpath(os.path.join(self._datastore.image_path(), image_name)))
