@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interactive protocol (lib/evaluation_clicks.py): the text answer, then up to N simulated "
                         "clicks; Dice after each click, NoC@85/90, clicks.json/.csv/.png in --out")
     p.add_argument("--no-text", action="store_true", help="with --clicks: clicks alone (the first at the target's centre)")
+    p.add_argument("--click-oracle", default=None, metavar="region|ball:R",
+                   help="with --clicks: each click answered by an oracle, not the model (an upper bound): the whole "
+                        "error region it lands in corrected, or the error within R voxels of it")
     p.add_argument("--out", default="results/evaluation")
     add_runtime_arguments(p)
     return p
@@ -123,7 +126,7 @@ def main(argv=None) -> int:
         datalist = datalist[: args.max_cases]
     if args.prompts:
         return evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset)
-    if args.clicks or args.no_text:
+    if args.clicks or args.no_text or args.click_oracle:
         return run_click_protocol(args, members, label_set, datalist, checkpoints)
     result = evaluate(
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
@@ -185,18 +188,20 @@ def run_click_protocol(args, members, label_set, datalist, checkpoints) -> int:
     from lib.evaluation_clicks import evaluate_clicks, write_click_reports
 
     if args.clicks < 1:
-        raise SystemExit("--no-text needs --clicks N (N >= 1)")
+        raise SystemExit("--no-text and --click-oracle need --clicks N (N >= 1)")
     if len(members) > 1 or args.mirror_axes or args.largest_component:
         raise SystemExit("--clicks evaluates one checkpoint, without --mirror-axes / --largest-component")
     seg, _, preset, roi = members[0]
     result = evaluate_clicks(seg.model, seg.entries, datalist, label_set.modality, label_set.target_spacing,
                              args.clicks, use_text=not args.no_text, roi_size=roi, threshold=args.threshold,
                              ct_window=label_set.ct_window if label_set.modality == "CT" else None,
-                             progress=not args.no_progress,
+                             progress=not args.no_progress, oracle=args.click_oracle,
                              info={"checkpoint": checkpoints[0], "label_set": label_set.name, "preset": preset,
                                    "roi_size": list(roi), "data": str(Path(args.data).resolve()),
                                    "split_file": args.split_file, "part": args.part})
     mode = "clicks alone" if args.no_text else "text + clicks"
+    if args.click_oracle:
+        mode = f"text + clicks answered by an oracle ({args.click_oracle})"
     paths = write_click_reports(result, args.out, title=f"RefSAM3D {preset}, {mode} ({result['num_cases']} cases)")
     print(json.dumps({"clicks": result["clicks"], "mean": result["mean"], "per_label": result["per_label"],
                       "files": paths}, indent=1))

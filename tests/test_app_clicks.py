@@ -130,9 +130,10 @@ def _largest(region: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 open: the shipped weights (50 min of click fine-tuning) answer clicks alone "
-                   "but do not yet refine a text answer (text + 5 clicks: Dice 0.889 -> 0.889 on the 40 test cases, "
-                   "benchmarks/results/issue25_20/clicks_text); strict, so this turns red the day they do")
+@pytest.mark.xfail(strict=True, reason="issue 20 open: the shipped weights (with the local click head, 2026-12-06) refine a "
+                   "text answer only a little (text + 3 clicks: Dice 0.889 -> 0.900 on the 40 test cases, "
+                   "benchmarks/results/issue25_20_round2/clicks_text); here the negative click removes 1 voxel of the "
+                   "22-voxel false-positive blob, not half; strict, so this turns red the day they do")
 def test_clicks_fix_the_errors_of_the_text_answer(server, hippocampus_dir):
     """Needs the retrained (click-trained) checkpoint.  Text answer, then a negative click at the interior of its
     largest false-positive blob, then a positive click at the interior of its largest missed region (the issue's

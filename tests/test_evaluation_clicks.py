@@ -59,3 +59,41 @@ def test_evaluate_clicks_alone(tmp_path, hippocampus_dir):
             assert len(m["dice"]) == 2 and m["clicks"][0][3] is True  # the first click: positive, inside the target
             assert 1 <= m["noc85"] <= 3
     assert (out / "clicks.png").is_file() and (out / "clicks.csv").is_file()
+
+
+def test_oracle_fix_corrects_the_clicked_region_or_a_ball():
+    """The oracle's two answers on a hand-made error: the whole connected error region, or only within R voxels."""
+    import pytest
+    import torch
+
+    from lib.evaluation_clicks import oracle_fix, parse_oracle
+    from lib.training.clicks import next_click
+
+    gt = torch.zeros(20, 20, 20, dtype=torch.bool)
+    gt[2:18, 2:18, 2:18] = True
+    pred = gt.clone()
+    pred[2:18, 2:18, 14:18] = False  # a miss of 16x16x4 voxels, the largest error
+    pred[0, 0, 0] = True  # a false alarm of one voxel
+    click = next_click(pred, gt)
+    assert click.positive and click.region_size == 16 * 16 * 4
+    region = oracle_fix(pred, gt, click, parse_oracle("region"))
+    assert torch.equal(region | gt, region) and int((region != gt).sum()) == 1  # only the false alarm is left
+    ball = oracle_fix(pred, gt, click, parse_oracle("ball:3"))
+    fixed = (ball != pred).nonzero().float()
+    assert 0 < len(fixed) < 16 * 16 * 4 and float(((fixed - torch.tensor(click.position)) ** 2).sum(1).max()) <= 9
+    assert parse_oracle(None) is None
+    for bad in ("ball", "ball:0", "ball:x", "box:3"):
+        with pytest.raises(ValueError, match="region' or 'ball:R"):
+            parse_oracle(bad)
+
+
+def test_evaluate_clicks_with_an_oracle(tmp_path, hippocampus_dir):
+    """``--click-oracle region``: the clicks never make the Dice worse, and the text answer is the model's."""
+    model_run, _ = _run(tmp_path, hippocampus_dir, "text")
+    result, out = _run(tmp_path, hippocampus_dir, "oracle", "--click-oracle", "region")
+    assert result["protocol"]["oracle"] == "region"
+    for case, model_case in zip(result["cases"], model_run["cases"]):
+        for name, m in case["labels"].items():
+            assert m["dice"][0] == model_case["labels"][name]["dice"][0]
+            assert all(b >= a for a, b in zip(m["dice"], m["dice"][1:])) and m["dice"][-1] > m["dice"][0]
+    assert (out / "clicks.png").is_file()

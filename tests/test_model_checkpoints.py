@@ -49,11 +49,13 @@ def test_sam_mapping_exact_key_sets(vit_b_sam, sam_vit_b_checkpoint, sam_sd, sha
     families = (r"image_encoder\.patch_embed\.depth_conv\..*", r"image_encoder\.pos_embed_depth", r"image_encoder\.blocks\.\d+\.attn\.rel_pos_d",
                 r"image_encoder\.blocks\.\d+\.adapter\..*", r"image_encoder\.necks\..*", r"text_projector\..*", r"cross_attention\..*",
                 r"pixel_decoder\..*", r"mask_decoder\.(pe_layer|output_hypernetworks_mlp|coarse_mlp)\..*",
-                r"prompt_encoder\..*")  # our 3D click encoder: SAM's 2D prompt encoder is not reused
+                r"prompt_encoder\..*",  # our 3D click encoder: SAM's 2D prompt encoder is not reused
+                r"click_refinement\..*")  # local click edits: new
     assert all(any(re.fullmatch(f, k) for f in families) for k in report.missing)
     for key in ("image_encoder.patch_embed.depth_conv.weight", "image_encoder.pos_embed_depth", "image_encoder.blocks.11.attn.rel_pos_d",
                 "image_encoder.blocks.0.adapter.dwconv.weight", "image_encoder.necks.3.2.weight", "text_projector.fc1.weight",
-                "cross_attention.stages.3.q_proj.weight", "pixel_decoder.final.weight", "mask_decoder.pe_layer.positional_encoding_gaussian_matrix"):
+                "cross_attention.stages.3.q_proj.weight", "pixel_decoder.final.weight", "mask_decoder.pe_layer.positional_encoding_gaussian_matrix",
+                "click_refinement.log_sigma"):
         assert key in report.missing, key
     # frozen exactly = reused SAM encoder tensors (decoder transformer stays trainable)
     frozen = {k for k, p in vit_b_sam.named_parameters() if not p.requires_grad and not k.startswith("text_encoder.")}

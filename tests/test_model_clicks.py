@@ -95,6 +95,62 @@ def test_clicks_only_and_mixed_prompts(small):
     assert torch.allclose(y2[0], clicks_only[0, :1], atol=1e-5) and not torch.allclose(y2[1], y2[0])
 
 
+def _perturbed_click_head(model, seed: int = 0) -> dict:
+    """Random weights in the click head's zero-initialised last layer; returns the saved state to restore."""
+    saved = {k: v.clone() for k, v in model.click_refinement.state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    last = model.click_refinement.hypernetwork.layers[-1]
+    with torch.no_grad():
+        last.weight.copy_(torch.randn(last.weight.shape, generator=g))
+        last.bias.copy_(torch.randn(last.bias.shape, generator=g))
+    return saved
+
+
+def test_click_refinement_starts_as_no_change_and_edits_only_near_clicks(small):
+    """Untrained, the local click head adds exactly nothing; with weights, it changes the logits only in the box
+    around each valid click (padding clicks and clicks far outside the window edit nothing)."""
+    x = torch.rand(1, 1, 32, 32, 32)
+    points = torch.tensor([[[[4.0, 5.0, 6.0], [100.0, 100.0, 100.0], [20.0, 20.0, 20.0]]]])  # [1, 1, 3, 3]
+    labels = torch.tensor([[[1, 0, -1]]])  # the far click is negative; the third is padding
+    head = small.click_refinement
+    assert torch.count_nonzero(head.hypernetwork.layers[-1].weight) == 0
+    with torch.no_grad():
+        enc = small.encode_image(x)
+        untrained = small.decode(enc, ["a"], points, labels)
+        head.forward = lambda logits, *args: logits  # the same model without the head
+        try:
+            without_head = small.decode(enc, ["a"], points, labels)
+        finally:
+            del head.forward
+    assert torch.equal(untrained, without_head)
+    saved = _perturbed_click_head(small)
+    try:
+        with torch.no_grad():
+            edited = small.decode(enc, ["a"], points, labels)
+    finally:
+        head.load_state_dict(saved)
+    changed = (edited != untrained)[0, 0]
+    r = head.radius()
+    near = torch.zeros_like(changed)
+    near[max(0, 4 - r):4 + r + 1, max(0, 5 - r):5 + r + 1, max(0, 6 - r):6 + r + 1] = True
+    assert changed.any() and not (changed & ~near).any(), (r, changed.nonzero().max(0).values)
+
+
+def test_click_refinement_learns_from_the_click_loss(small):
+    """The zero-initialised head still gets a gradient (its last layer, its window width) from a click step."""
+    x = torch.rand(1, 1, 16, 16, 16)
+    points, labels = _clicks(1, 1)
+    small.train()
+    try:
+        y = small(x, ["a"], points=points, point_labels=labels)
+        (y * torch.randn_like(y)).sum().backward()
+    finally:
+        small.eval()
+    last = small.click_refinement.hypernetwork.layers[-1]
+    assert torch.count_nonzero(last.weight.grad) > 0 and torch.count_nonzero(last.bias.grad) > 0
+    small.zero_grad(set_to_none=True)
+
+
 def test_click_gradients_reach_the_prompt_encoder(small):
     x = torch.rand(1, 1, 16, 16, 16)
     points, labels = _clicks(1, 1)
@@ -133,13 +189,14 @@ def test_checkpoint_without_clicks_loads_reports_missing_parts_and_text_is_uncha
     from lib.model import load_checkpoint
 
     old = torch.load(SHIPPED, map_location="cpu", weights_only=False)
-    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith("prompt_encoder.")}
+    new_parts = ("prompt_encoder.", "click_refinement.")
+    old["state_dict"] = {k: v for k, v in old["state_dict"].items() if not k.startswith(new_parts)}
     torch.save(old, tmp_path / "text_only.pt")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = load_checkpoint(tmp_path / "text_only.pt", text_encoder=shared_minilm_text).eval()
-    assert list(model.checkpoint_missing_parts) == ["prompt_encoder"]
-    assert any("prompt_encoder" in str(w.message) for w in caught)
+    assert sorted(model.checkpoint_missing_parts) == ["click_refinement", "prompt_encoder"]
+    assert any("prompt_encoder" in str(w.message) and "click_refinement" in str(w.message) for w in caught)
     assert torch.count_nonzero(model.prompt_encoder.mask_downscaling[-1].weight) == 0
     x, y = load_hippocampus_case(hippocampus_dir, "hippocampus_004")
     prompts = [e["prompt"] for e in model.checkpoint_extra["label_set"]["labels"]]

@@ -9,6 +9,10 @@ that Dice (N + 1 when never). Masks are the server's: one label map, each voxel 
 prompt above the threshold. The volume is decoded whole (padded to at least the window, as MONAI's
 sliding window pads), with one image encoding per case: meant for volumes that fit one window (MSD
 hippocampus); larger volumes are refused.
+
+``oracle``: each click is answered by an oracle instead of the model, as an upper bound of what clicks
+can do: ``"region"`` corrects the whole connected error region the click lands in, ``"ball:R"`` the error
+voxels within R voxels of it (a local edit, a brush of radius R).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from lib.evaluation import _json_safe, dice_per_label, probs_to_masks
 from lib.training.clicks import ClickBuffer, next_click
@@ -51,11 +56,41 @@ def noc(dice_curve: Sequence[float], threshold: float, first_click: int, n_click
     return n_clicks + 1
 
 
+def parse_oracle(oracle: Optional[str]) -> Optional[int]:
+    """``"region"`` -> 0 (the whole error region), ``"ball:R"`` -> R voxels; None stays None (the model answers)."""
+    if oracle is None:
+        return None
+    if oracle == "region":
+        return 0
+    kind, _, radius = oracle.partition(":")
+    if kind != "ball" or not radius.isdigit() or int(radius) < 1:
+        raise ValueError(f"oracle must be 'region' or 'ball:R' with R >= 1 voxels, got {oracle!r}")
+    return int(radius)
+
+
+def oracle_fix(pred: torch.Tensor, gt: torch.Tensor, click, radius: int) -> torch.Tensor:
+    """``pred [D, H, W]`` bool with the error at ``click`` corrected: its whole connected error region
+    (``radius`` 0) or the error voxels within ``radius`` voxels of it."""
+    p, t = pred.numpy(), gt.numpy()
+    if radius == 0:
+        regions, _ = ndimage.label((t & ~p) if click.positive else (p & ~t))
+        fix = regions == regions[click.position]
+    else:
+        dist2 = sum((axis - c) ** 2 for axis, c in zip(np.indices(p.shape), click.position))
+        fix = (p != t) & (dist2 <= radius * radius)
+    out = p.copy()
+    out[fix] = t[fix]
+    return torch.from_numpy(out)
+
+
 def interactive_case(model, image: torch.Tensor, gt: torch.Tensor, prompts: Sequence[str], n_clicks: int,
                      use_text: bool = True, roi_size: Sequence[int] = (0, 0, 0), threshold: float = 0.5,
-                     device: Optional[torch.device] = None) -> dict[str, Any]:
+                     device: Optional[torch.device] = None, oracle: Optional[str] = None) -> dict[str, Any]:
     """One case: ``image [1, 1, D, H, W]``, ``gt [K, D, H, W]`` bool -> ``{"dice": [[per label] per step],
-    "clicks": [[(d, h, w, positive) per click] per label], "first_click": 0 or 1}``."""
+    "clicks": [[(d, h, w, positive) per click] per label], "first_click": 0 or 1}``; with ``oracle`` (text
+    only) the clicks are answered by :func:`oracle_fix` instead of the model."""
+    if oracle is not None:
+        return _oracle_case(model, image, gt, prompts, n_clicks, roi_size, threshold, device, parse_oracle(oracle))
     device = device or next(model.parameters()).device
     k = len(prompts)
     x, off = _pad_to(image.float(), roi_size)
@@ -90,15 +125,38 @@ def interactive_case(model, image: torch.Tensor, gt: torch.Tensor, prompts: Sequ
     return {"dice": curve, "clicks": clicks, "first_click": 0 if use_text else 1}
 
 
+def _oracle_case(model, image, gt, prompts, n_clicks, roi_size, threshold, device, radius: int) -> dict[str, Any]:
+    """:func:`interactive_case` with the text answer from the model and every click answered by the oracle."""
+    device = device or next(model.parameters()).device
+    x, off = _pad_to(image.float(), roi_size)
+    crop = tuple(slice(o, o + n) for o, n in zip(off, image.shape[-3:]))
+    with torch.no_grad():
+        logits = model.decode(model.encode_image(x.to(device)), list(prompts))
+    pred = probs_to_masks(torch.sigmoid(logits[0][(slice(None), *crop)].float()).cpu(), threshold)  # [K, D, H, W]
+    curve, clicks = [dice_per_label(pred, gt)], [[] for _ in prompts]
+    for _ in range(n_clicks):
+        for i in range(len(prompts)):
+            c = next_click(pred[i], gt[i])
+            if c is not None:
+                clicks[i].append((*c.position, c.positive))
+                pred[i] = oracle_fix(pred[i], gt[i], c, radius)
+        curve.append(dice_per_label(pred, gt))
+    return {"dice": curve, "clicks": clicks, "first_click": 0}
+
+
 def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dict], modality: str,
                     target_spacing: Sequence[float], n_clicks: int, use_text: bool = True,
                     roi_size: Sequence[int] = (0, 0, 0), threshold: float = 0.5, ct_window=None,
-                    max_window_factor: float = 1.5, info: Optional[dict] = None, progress: bool = False) -> dict:
+                    max_window_factor: float = 1.5, info: Optional[dict] = None, progress: bool = False,
+                    oracle: Optional[str] = None) -> dict:
     """Run the protocol on every case (the server's pre-processing, ``val_transforms``) -> the result dict."""
     from lib.training.data import val_transforms
 
     if n_clicks < 1:
         raise ValueError("n_clicks must be >= 1")
+    parse_oracle(oracle)
+    if oracle is not None and not use_text:
+        raise ValueError("an oracle answers clicks on top of a text answer: it needs the text")
     xform = val_transforms(modality, target_spacing, with_label=True, ct_window=ct_window)
     names = [e.name for e in entries]
     cases, t0 = [], time.time()
@@ -116,7 +174,8 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
             raise ValueError(f"{item.get('id')}: volume {tuple(image.shape[-3:])} is much larger than the window "
                              f"{tuple(roi_size)}; click evaluation decodes whole volumes (hippocampus-sized data)")
         present = [bool(gt[i].any()) for i in range(len(entries))]
-        run = interactive_case(model, image, gt, [e.prompt for e in entries], n_clicks, use_text, roi_size, threshold)
+        run = interactive_case(model, image, gt, [e.prompt for e in entries], n_clicks, use_text, roi_size, threshold,
+                               oracle=oracle)
         rec: dict[str, Any] = {"id": item.get("id") or Path(str(item["image"])).name, "labels": {}}
         for i, name in enumerate(names):
             if not use_text and not present[i]:  # nothing to click on: no prompt at all, not scored
@@ -127,7 +186,7 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
                                    **{f"noc{round(t * 100)}": noc(curve, t, run["first_click"], n_clicks)
                                       for t in NOC_THRESHOLDS}}
         cases.append(rec)
-    result = {"info": dict(info or {}), "protocol": {"n_clicks": n_clicks, "text": use_text,
+    result = {"info": dict(info or {}), "protocol": {"n_clicks": n_clicks, "text": use_text, "oracle": oracle,
                                                      "first_click": 0 if use_text else 1, "threshold": threshold},
               "labels": names, "num_cases": len(cases), "seconds": round(time.time() - t0, 2),
               **summarise_clicks(cases, names, n_clicks, use_text), "cases": cases}

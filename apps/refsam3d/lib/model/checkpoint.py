@@ -29,7 +29,8 @@ FORMAT = "refsam3d-checkpoint/v1"
 ARCH_VERSION = 2
 # parts added after version 2 files were written: a file without them loads, they keep their initial
 # values (built so that they change nothing) and the loader says which are missing
-OPTIONAL_PARTS = {"prompt_encoder.": "click prompts (point / no-text embeddings, previous-mask encoder)"}
+OPTIONAL_PARTS = {"prompt_encoder.": "click prompts (point / no-text embeddings, previous-mask encoder)",
+                  "click_refinement.": "local click refinement (full-resolution edit around each click)"}
 
 
 class CheckpointError(ValueError):

@@ -150,10 +150,11 @@ class MaskDecoder3D(nn.Module):
         self.mask_dim = mask_dim
 
     def forward(self, image_embedding: torch.Tensor, dense: torch.Tensor, sparse: torch.Tensor, sparse_mask: torch.Tensor,
-                mask_features: torch.Tensor) -> torch.Tensor:
+                mask_features: torch.Tensor, return_tokens: bool = False):
         """image_embedding ``[B, C, d, h, w]``, dense ``[B*K, C, d, h, w]``, sparse ``[K, T, C]`` (shared by
         the batch) or ``[B*K, T, C]`` (per image and prompt: clicks), sparse_mask ``[K, T]`` / ``[B*K, T]``,
-        mask_features ``[B, Cm, D, H, W]`` -> logits ``[B, K, D, H, W]``."""
+        mask_features ``[B, Cm, D, H, W]`` -> logits ``[B, K, D, H, W]`` (and, with ``return_tokens``, the
+        sparse tokens after the two-way transformer ``[B*K, T, C]``)."""
         b, c = image_embedding.shape[:2]
         grid = image_embedding.shape[2:]
         k = dense.shape[0] // b
@@ -181,4 +182,5 @@ class MaskDecoder3D(nn.Module):
         coarse = torch.einsum("bnc,bc->bn", src_out, self.coarse_mlp(mask_token)) / math.sqrt(c)  # [B*K, N]
         coarse = upsample_trilinear(coarse.view(b * k, 1, *grid), fine.shape[-3:])  # [B*K, 1, D, H, W], float32
         coarse = coarse.view(b, k, *fine.shape[-3:]).to(fine.dtype)
-        return fine + coarse if torch.is_grad_enabled() else fine.add_(coarse)  # [B, K, D, H, W]
+        logits = fine + coarse if torch.is_grad_enabled() else fine.add_(coarse)  # [B, K, D, H, W]
+        return (logits, hs[:, 1:]) if return_tokens else logits

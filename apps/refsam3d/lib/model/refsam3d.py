@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .click_refinement import ClickRefinement3D
 from .cross_attention import HierarchicalCrossAttention
 from .image_encoder import ImageEncoderViT3D
 from .mask_decoder import MaskDecoder3D, PixelDecoder3D
@@ -94,6 +95,7 @@ class RefSAM3D(nn.Module):
         self.mask_decoder = MaskDecoder3D(c["decoder_dim"], c["mask_dim"], c["transformer_depth"], c["transformer_heads"],
                                           c["transformer_mlp_dim"])
         self.prompt_encoder = PointPromptEncoder3D(c["decoder_dim"], c["patch_size"], self.mask_decoder.pe_layer)
+        self.click_refinement = ClickRefinement3D(c["decoder_dim"], c["mask_dim"])
         self.apply_freezing()
 
     # ------------------------------------------------------------------ parameters
@@ -231,16 +233,22 @@ class RefSAM3D(nn.Module):
         dense = self.cross_attention(enc.stages, txt.tokens, txt.mask)  # [B*K, C, d, h, w]
         sparse = torch.cat([txt.sentence[:, None], txt.tokens], dim=1)  # [K, 1+L, C]
         sparse_mask = torch.cat([torch.ones_like(txt.mask[:, :1]), txt.mask], dim=1)  # [K, 1+L]
-        if points is not None and points.shape[-2] > 0:
-            sparse, sparse_mask = self._append_points(enc, sparse, sparse_mask, points, point_labels)  # [B*K, T, C]
         if previous_mask is not None:
             dense = dense + self._mask_prompt(enc, previous_mask, txt.tokens.shape[0]).to(dense.dtype)
-        logits = self.mask_decoder(enc.stages[-1], dense, sparse, sparse_mask, enc.mask_features)  # [B, K, Dp, Hp, Wp]
+        if points is None or points.shape[-2] == 0:
+            logits = self.mask_decoder(enc.stages[-1], dense, sparse, sparse_mask, enc.mask_features)  # [B, K, Dp, Hp, Wp]
+            return self._restore(logits, enc)
+        sparse, sparse_mask, positions = self._append_points(enc, sparse, sparse_mask, points, point_labels)  # [B*K, T, C]
+        logits, tokens = self.mask_decoder(enc.stages[-1], dense, sparse, sparse_mask, enc.mask_features,
+                                           return_tokens=True)  # [B, K, Dp, Hp, Wp], [B*K, T, C]
+        p = points.shape[-2]  # the click tokens are the last P
+        logits = self.click_refinement(logits, enc.mask_features, tokens[:, -p:], positions, sparse_mask[:, -p:])
         return self._restore(logits, enc)
 
     def _append_points(self, enc: ImageEncoding, sparse: torch.Tensor, sparse_mask: torch.Tensor, points: torch.Tensor,
-                       point_labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Point tokens per (image, prompt) after the text tokens: ``[B*K, T + P, C]`` and its mask."""
+                       point_labels: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Point tokens per (image, prompt) after the text tokens: ``[B*K, T + P, C]``, its mask, and the
+        clicks' positions on the mask features' grid ``[B*K, P, 3]`` (continuous, voxel j spans [j, j+1))."""
         b, (k, t, c) = enc.batch_size, sparse.shape
         if points.ndim != 4 or tuple(points.shape[:2]) != (b, k) or points.shape[-1] != 3:
             raise ValueError(f"points must be [B={b}, K={k}, P, 3] voxel coordinates (D, H, W), got {tuple(points.shape)}")
@@ -255,7 +263,9 @@ class RefSAM3D(nn.Module):
         tokens, valid = self.prompt_encoder.embed_points(norm.reshape(b * k, p, 3), point_labels.to(dev).reshape(b * k, p).long())
         shared = sparse[None].expand(b, k, t, c).reshape(b * k, t, c)
         shared_mask = sparse_mask[None].expand(b, k, t).reshape(b * k, t)
-        return torch.cat([shared, tokens.to(sparse.dtype)], dim=1), torch.cat([shared_mask, valid], dim=1)
+        padded = torch.tensor(enc.mask_features.shape[2:], dtype=norm.dtype, device=norm.device)
+        positions = (norm * padded).reshape(b * k, p, 3)  # fractions of the padded grid -> its voxel units
+        return torch.cat([shared, tokens.to(sparse.dtype)], dim=1), torch.cat([shared_mask, valid], dim=1), positions
 
     def _mask_prompt(self, enc: ImageEncoding, previous_mask: torch.Tensor, k: int) -> torch.Tensor:
         """Previous logits ``[B, K, D, H, W]`` (caller's grid) -> dense ``[B*K, C, d, h, w]`` (scaled, zero-padded)."""

@@ -47,6 +47,7 @@ NEW_PATTERNS = (
     r"mask_decoder\.output_hypernetworks_mlp\..*",
     r"mask_decoder\.coarse_mlp\..*",
     r"prompt_encoder\..*",  # our 3D click / no-text / previous-mask encoder (SAM's 2D one is not reused)
+    r"click_refinement\..*",  # local full-resolution click edits (model/click_refinement.py)
 )
 REQUIRED_ARCH = dict(embed_dim=768, depth=12, num_heads=12, pos_embed_size=64, rel_pos_window_size=14,
                      global_attn_indexes=[2, 5, 8, 11], decoder_dim=256, transformer_depth=2,

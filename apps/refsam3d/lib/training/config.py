@@ -42,6 +42,7 @@ class TrainConfig:
     negative_vocabulary: bool = True  # no negative_prompts given: draw them from lib/vocabulary.py
     prompt_variety: bool = True  # ask by name/synonym in templates too (false: always the canonical prompt)
     canonical_prompt_fraction: float = 0.3  # with prompt_variety: share of draws that use the canonical prompt
+    typo_fraction: float = 0.1  # with prompt_variety: share of names/synonyms/absent names drawn with one typo
     labels: list[str] | None = None  # subset of label names to train (None = all)
     augment: bool = True
     augmentation: str = "paper"  # paper | nnunet (nnU-Net v2's default) | flip (mirroring only), see training/data.py
@@ -97,6 +98,8 @@ class TrainConfig:
             raise ValueError("publish must be 'best' or 'last'")
         if not 0.0 <= self.canonical_prompt_fraction <= 1.0 or self.negative_prompts_per_step < 0:
             raise ValueError("canonical_prompt_fraction must be in [0, 1] and negative_prompts_per_step >= 0")
+        if not 0.0 <= self.typo_fraction <= 1.0:
+            raise ValueError("typo_fraction must be in [0, 1]")
         if min(self.click_text_only, self.click_text_and_clicks, self.click_only) < 0 or self.click_max_rounds < 1:
             raise ValueError("click fractions must be >= 0 and click_max_rounds >= 1")
         if self.augmentation not in AUGMENTATION_PROFILES:

@@ -9,6 +9,8 @@ With ``variety`` (the default of :class:`TrainConfig`, ``prompt_variety``) each 
 phrasing drawn per step: its canonical prompt (a ``canonical_fraction`` of the time) or its name or a
 synonym wrapped in a template ("segment the {}", "{} on this MRI", ...); negative prompts (structures
 of the built-in vocabulary that are none of the set's labels, ``lib/vocabulary.py``) get empty targets.
+A ``typo_fraction`` of the names, synonyms and absent names is drawn with one typing error (:func:`add_typo`),
+so that a misspelt structure still means that structure and a misspelt absent one is still absent.
 """
 
 from __future__ import annotations
@@ -70,12 +72,57 @@ def expand_phrasings(entry: LabelEntry) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def draw_phrasing(entry: LabelEntry, rng: random.Random, canonical_fraction: float) -> str:
+TYPO_MIN_WORD = 4  # shorter words ("of", "the", "left") keep their spelling
+
+
+def add_typo(phrase: str, rng: random.Random) -> str:
+    """One typing error in one word of 4+ letters, never its first letter: a letter dropped, doubled,
+    swapped with the next, or replaced by its neighbour on the keyboard row ("hippocampus" -> "hipocampus",
+    "hippocapmus"). A phrase without such a word comes back unchanged."""
+    words = phrase.split(" ")
+    candidates = [i for i, w in enumerate(words) if len(w) >= TYPO_MIN_WORD and w.isalpha()]
+    if not candidates:
+        return phrase
+    i = rng.choice(candidates)
+    w = words[i]
+    j = rng.randrange(1, len(w) - 1)  # a letter inside the word: [1, len-2]
+    kind = rng.randrange(4)
+    if kind == 2 and w[j] == w[j + 1]:
+        kind = 0  # swapping "pp" would change nothing: drop one instead
+    if kind == 0:
+        w = w[:j] + w[j + 1:]  # dropped
+    elif kind == 1:
+        w = w[:j] + w[j] + w[j:]  # doubled
+    elif kind == 2:
+        w = w[:j] + w[j + 1] + w[j] + w[j + 2:]  # swapped with the next letter
+    else:
+        w = w[:j] + _keyboard_neighbour(w[j], rng) + w[j + 1:]  # mistyped
+    words[i] = w
+    return " ".join(words)
+
+
+_KEYBOARD_ROWS = ("qwertyuiop", "asdfghjkl", "zxcvbnm")
+
+
+def _keyboard_neighbour(letter: str, rng: random.Random) -> str:
+    for row in _KEYBOARD_ROWS:
+        k = row.find(letter.lower())
+        if k >= 0:
+            near = [row[m] for m in (k - 1, k + 1) if 0 <= m < len(row)]
+            return rng.choice(near)
+    return letter
+
+
+def draw_phrasing(entry: LabelEntry, rng: random.Random, canonical_fraction: float,
+                  typo_fraction: float = 0.0) -> str:
     """The canonical prompt (``canonical_fraction`` of draws), else the name (a quarter of the rest: what users
-    type most) or a synonym, as typed (half of the time) or in a random template."""
+    type most) or a synonym, misspelt once in a ``typo_fraction`` of draws, as typed (half of the time) or in
+    a random template."""
     if rng.random() < canonical_fraction:
         return entry.prompt
     phrase = entry.name if not entry.synonyms or rng.random() < NAME_FRACTION else rng.choice(entry.synonyms)
+    if typo_fraction and rng.random() < typo_fraction:
+        phrase = add_typo(phrase, rng)
     if rng.random() < BARE_FRACTION:
         return phrase
     return apply_template(rng.choice(entry.templates or ("{}",)), phrase)
@@ -106,7 +153,8 @@ def prompt_options(entries: Sequence[LabelEntry], cfg: Any) -> dict:
             "negative_prompts": negative_pool(entries, cfg),
             "negative_prompts_per_step": cfg.negative_prompts_per_step,
             "variety": bool(cfg.prompt_variety),
-            "canonical_fraction": float(cfg.canonical_prompt_fraction)}
+            "canonical_fraction": float(cfg.canonical_prompt_fraction),
+            "typo_fraction": float(cfg.typo_fraction)}
 
 
 def phrasing_metadata(entries: Sequence[LabelEntry], cfg: Any) -> dict:
@@ -161,6 +209,7 @@ def sample_prompts(
     shuffle: bool = True,
     variety: bool = False,
     canonical_fraction: float = DEFAULT_CANONICAL_FRACTION,
+    typo_fraction: float = 0.0,
 ) -> tuple[list[str], torch.Tensor, list[str]]:
     """Choose the prompts of one step and build their binary targets.
 
@@ -174,6 +223,7 @@ def sample_prompts(
         negative_prompts_per_step: how many of those to add to each step.
         variety: ask for each label by a phrasing drawn with :func:`draw_phrasing` (else its canonical
             prompt) and wrap negative prompts in the same templates.
+        typo_fraction: with ``variety``, share of phrasings (names, synonyms, negatives) misspelt once.
 
     Returns:
         ``(prompts, target [B, K, *spatial] float32, names)``; ``names[k]`` is the label name of
@@ -204,7 +254,7 @@ def sample_prompts(
 
     label_long = label_map.long()
     targets = [(label_long == e.index) for e in chosen]
-    prompts = [draw_phrasing(e, rng, canonical_fraction) if variety else e.prompt for e in chosen]
+    prompts = [draw_phrasing(e, rng, canonical_fraction, typo_fraction) if variety else e.prompt for e in chosen]
     names = [e.name for e in chosen]
 
     if negative_prompts and negative_prompts_per_step > 0:
@@ -212,7 +262,8 @@ def sample_prompts(
         pool = [p for p in negative_prompts if p.lower() not in own]
         templates = next((e.templates for e in entries if e.templates), ("{}",))
         for p in rng.sample(pool, min(len(pool), negative_prompts_per_step)):
-            prompts.append(apply_template(rng.choice(templates), p) if variety else p)
+            typed = add_typo(p, rng) if variety and typo_fraction and rng.random() < typo_fraction else p
+            prompts.append(apply_template(rng.choice(templates), typed) if variety else p)
             names.append(p)
             targets.append(torch.zeros_like(label_long, dtype=torch.bool))
 
