@@ -122,8 +122,10 @@ def test_other_endpoints_answer_while_an_inference_runs(server, totalseg_dir, tm
 
 
 def test_full_queue_gets_503_with_retry_after_and_concurrent_equals_sequential(server, totalseg_dir, tmp_path):
+    # whole CTs (112 slices), so that each request lasts long enough for the gate to be seen full on a fast
+    # machine too (30 slices took 0.64 s each on a 2-core AMX Xeon: all three were done before the first poll)
     uploads = [_noisy_ct(totalseg_dir / "example_ct.nii.gz", tmp_path / f"q{i}.nii.gz", seed=10 + i,
-                         slices=30)
+                         slices=112)
                for i in range(3)]
     prompts = [{"text_prompt": "liver"}, {"label_prompt": [1, 5]}, {}]
     results = {}
@@ -134,7 +136,7 @@ def test_full_queue_gets_503_with_retry_after_and_concurrent_equals_sequential(s
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-        time.sleep(0.3)  # admitted in this order
+        time.sleep(0.15)  # admitted in this order
     deadline, state = time.time() + 120, {}
     while time.time() < deadline:  # two running, one waiting: the gate is full
         state = _queue(server)
