@@ -93,7 +93,7 @@ def _ok(response: requests.Response, server) -> requests.Response:
 
 # ---------------------------------------------------------------------------------------------------- item 1
 def test_other_endpoints_answer_while_an_inference_runs(server, totalseg_dir, tmp_path):
-    upload = _noisy_ct(totalseg_dir / "example_ct.nii.gz", tmp_path / "busy_ct.nii.gz", seed=1, slices=48)
+    upload = _noisy_ct(totalseg_dir / "example_ct.nii.gz", tmp_path / "busy_ct.nii.gz", seed=1, slices=112)
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault("r", infer(server.url, None, {}, file=upload)))
     probes = [("GET", "/info/", None), ("GET", "/datastore/?output=all", None),
