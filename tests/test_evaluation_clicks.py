@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
 from server_process import REPO_ROOT
 
 CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
@@ -63,9 +65,6 @@ def test_evaluate_clicks_alone(tmp_path, hippocampus_dir):
 
 def test_oracle_fix_corrects_the_clicked_region_or_a_ball():
     """The oracle's two answers on a hand-made error: the whole connected error region, or only within R voxels."""
-    import pytest
-    import torch
-
     from lib.evaluation_clicks import oracle_fix, parse_oracle
     from lib.training.clicks import next_click
 

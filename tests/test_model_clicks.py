@@ -137,7 +137,8 @@ def test_click_refinement_starts_as_no_change_and_edits_only_near_clicks(small):
 
 
 def test_click_refinement_learns_from_the_click_loss(small):
-    """The zero-initialised head still gets a gradient (its last layer, its window width) from a click step."""
+    """The zero-initialised head still gets a gradient in its last layer from a click step (the window width gets
+    none until that layer is non-zero)."""
     x = torch.rand(1, 1, 16, 16, 16)
     points, labels = _clicks(1, 1)
     small.train()

@@ -48,6 +48,11 @@ def _pad_to(x: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, list[in
     return (F.pad(x, flat) if any(flat) else x), before
 
 
+def _masks(logits: torch.Tensor, crop: tuple, threshold: float) -> torch.Tensor:
+    """Logits ``[1, K, *padded]`` -> the server's masks ``[K, D, H, W]`` (bool, on the CPU) inside ``crop``."""
+    return probs_to_masks(torch.sigmoid(logits[0][(slice(None), *crop)].float()).cpu(), threshold)
+
+
 def noc(dice_curve: Sequence[float], threshold: float, first_click: int, n_clicks: int) -> int:
     """Clicks needed to reach ``threshold`` (the curve's entry i is after ``first_click + i`` clicks); N + 1 if never."""
     for i, d in enumerate(dice_curve):
@@ -115,7 +120,7 @@ def interactive_case(model, image: torch.Tensor, gt: torch.Tensor, prompts: Sequ
         points, labels = buffer.tensors(device) if not use_text else (None, None)
         logits = model.decode(enc, text, points, labels)
         for step in range(n_clicks + (1 if use_text else 0)):
-            pred = probs_to_masks(torch.sigmoid(logits[0][(slice(None), *crop)].float()).cpu(), threshold)
+            pred = _masks(logits, crop, threshold)
             curve.append(dice_per_label(pred, gt))
             if step == n_clicks - (0 if use_text else 1):
                 break
@@ -132,7 +137,7 @@ def _oracle_case(model, image, gt, prompts, n_clicks, roi_size, threshold, devic
     crop = tuple(slice(o, o + n) for o, n in zip(off, image.shape[-3:]))
     with torch.no_grad():
         logits = model.decode(model.encode_image(x.to(device)), list(prompts))
-    pred = probs_to_masks(torch.sigmoid(logits[0][(slice(None), *crop)].float()).cpu(), threshold)  # [K, D, H, W]
+    pred = _masks(logits, crop, threshold)  # [K, D, H, W]
     curve, clicks = [dice_per_label(pred, gt)], [[] for _ in prompts]
     for _ in range(n_clicks):
         for i in range(len(prompts)):
