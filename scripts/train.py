@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-clicks", action="store_true",
                    help="train on text prompts only (default: simulated clicks too, see docs/training.md)")
     t.add_argument("--click-mix", default=None,
-                   help="fractions text only, text + clicks, clicks only per (crop, prompt), e.g. 0.4,0.4,0.2")
+                   help="fractions text only, text + clicks, clicks only per (crop, prompt), e.g. 0.3,0.4,0.3 (the default)")
     t.add_argument("--click-rounds", type=int, default=None, help="most click rounds per step (default 3)")
     t.add_argument("--seed", type=int, default=0)
     add_runtime_arguments(t)

@@ -21,6 +21,7 @@ from lib.vocabulary import absent_vocabulary, anatomy_vocabulary, normalise
 
 HELDOUT = REPO_ROOT / "benchmarks" / "prompts" / "msd_hippocampus_heldout.json"
 HELDOUT_V2 = REPO_ROOT / "benchmarks" / "prompts" / "msd_hippocampus_heldout_v2.json"
+HELDOUT_V3 = REPO_ROOT / "benchmarks" / "prompts" / "msd_hippocampus_heldout_v3.json"
 CHECKPOINT = REPO_ROOT / "checkpoints" / "msd_hippocampus" / "refsam3d_small.pt"
 SPLIT = REPO_ROOT / "benchmarks" / "results" / "hippocampus_split.json"
 
@@ -164,7 +165,7 @@ def test_old_behaviour_is_reachable():
 
 # The first list's "rostral hippocampus" / "caudal hippocampus" share their direction word with synonyms added
 # after it was evaluated (the strings differ), so both lists are checked the same way: no exact training phrasing.
-@pytest.mark.parametrize("held_out_file", [HELDOUT, HELDOUT_V2], ids=["v1", "v2"])
+@pytest.mark.parametrize("held_out_file", [HELDOUT, HELDOUT_V2, HELDOUT_V3], ids=["v1", "v2", "v3"])
 def test_held_out_phrasings_are_never_training_phrasings(held_out_file):
     label_set, _ = _hippocampus()
     held = json.loads(held_out_file.read_text())

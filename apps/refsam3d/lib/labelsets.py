@@ -35,8 +35,14 @@ MAX_PHRASE_CHARS = 200
 # Wrappers of a name or synonym ("{}") drawn by training when a label set names none of its own.
 DEFAULT_TEMPLATES = ("{}", "the {}", "segment the {}", "segment {}", "where is the {}", "find the {}",
                      "show the {}", "outline the {}", "mask of the {}", "{} segmentation", "label the {}")
-MODALITY_TEMPLATES = {"CT": ("{} on this CT", "{} in the CT scan", "CT of the {}"),
-                      "MR": ("{} on this MRI", "{} in the MR image", "MRI of the {}")}
+# Modality templates name what a reader adds about the scan: its sequence or phase and its view. Without them a
+# prompt with a trailing "on T1" drifted to the other label (issue 25, round 2).
+MODALITY_TEMPLATES = {"CT": ("{} on this CT", "{} in the CT scan", "CT of the {}", "{} on contrast-enhanced CT",
+                             "{} on non-contrast CT", "{} in the portal venous phase", "{} in the axial CT slices",
+                             "{} on coronal CT", "abdominal CT, {}"),
+                      "MR": ("{} on this MRI", "{} in the MR image", "MRI of the {}", "{} on the T1-weighted image",
+                             "{} on T2-weighted MRI", "{} on FLAIR", "{} on MPRAGE", "{} in the axial slices",
+                             "{} on coronal MRI", "T1 MRI, {}")}
 
 
 def available_label_sets() -> List[str]:

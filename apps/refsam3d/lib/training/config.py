@@ -65,9 +65,9 @@ class TrainConfig:
     keep_versions: int = 5  # earlier published weights kept in model/versions/ (lib/weights_history.py)
     # simulated clicks (training/clicks.py): per (crop, prompt) a mode drawn with these weights, 1..rounds clicks
     clicks: bool = True
-    click_text_only: float = 0.4
+    click_text_only: float = 0.3
     click_text_and_clicks: float = 0.4
-    click_only: float = 0.2  # no text: "segment what I clicked" (pairs with an empty target fall back to the others)
+    click_only: float = 0.3  # no text: "segment what I clicked" (pairs with an empty target fall back to the others)
     click_max_rounds: int = 3
 
     @classmethod
