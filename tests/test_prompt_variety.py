@@ -229,7 +229,9 @@ def test_a_training_step_and_a_save_use_the_phrasings(tmp_path, tiny_text_encode
     loss, info = adapter.training_loss(torch.rand(1, 1, 16, 16, 16), label)
     assert torch.isfinite(loss) and info["prompts"] == 4 and info["absent"] == 3  # posterior + 2 negatives
     adapter.save(tmp_path / "m.pt", extra={"label_set_name": "msd_hippocampus"})
-    extra = read_checkpoint(tmp_path / "m.pt")["extra"]
+    saved = read_checkpoint(tmp_path / "m.pt")
+    extra = saved["extra"]
+    assert saved["config"]["text_encoder"] == model.config["text_encoder"]  # not MiniLM: stored as loaded
     assert extra["label_set_name"] == "msd_hippocampus"
     assert "pes hippocampi" in extra["trained_prompts"]["anterior hippocampus"]
     assert extra["negative_vocabulary_size"] > 100 and "{} on this MRI" in extra["prompt_templates"]

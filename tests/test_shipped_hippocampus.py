@@ -47,6 +47,21 @@ def test_checkpoint_is_shipped_with_its_split():
     assert not train_ids & set(_test_cases(40)), "test cases overlap the training cases"
 
 
+@pytest.mark.parametrize("checkpoint", [CHECKPOINT, ALL_CASES_CHECKPOINT], ids=["split", "all_cases"])
+def test_shipped_checkpoints_name_their_text_encoder_portably(checkpoint):
+    """The files name MiniLM by its Hugging Face name, not by a folder of the machine that trained them; offline
+    that name resolves to the installed package (``portable_text_encoder``), and a save stores it the same way."""
+    from lib.model import read_checkpoint
+    from lib.model_store import minilm_folder
+    from lib.training.runner import MINILM_PUBLIC_NAME, portable_text_encoder, public_text_encoder
+
+    stored = read_checkpoint(checkpoint)["config"]["text_encoder"]
+    assert stored == MINILM_PUBLIC_NAME
+    assert Path(portable_text_encoder(stored)) == minilm_folder()
+    assert public_text_encoder(str(minilm_folder())) == MINILM_PUBLIC_NAME
+    assert public_text_encoder("/some/other/encoder") == "/some/other/encoder"  # anything else is kept as given
+
+
 def test_evaluate_command_on_held_out_cases(tmp_path, hippocampus_dir):
     out = tmp_path / "eval"
     cmd = [sys.executable, str(REPO_ROOT / "scripts" / "evaluate.py"), "--checkpoint", str(CHECKPOINT),

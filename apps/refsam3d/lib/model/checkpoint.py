@@ -37,8 +37,12 @@ class CheckpointError(ValueError):
     """Not a (complete) RefSAM3D checkpoint."""
 
 
-def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dict[str, Any]] = None) -> Path:
+def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dict[str, Any]] = None,
+                    config_overrides: Optional[dict[str, Any]] = None) -> Path:
     """Atomically write ``model``'s own weights + config (+ ``extra``) to ``path``; returns the path.
+
+    ``config_overrides`` replace config entries in the file only (e.g. the text encoder's public name instead of
+    the local folder it was loaded from).
 
     Frozen tensors are left out only when they come from SAM (``sam_initialised``): a vit_b built
     without SAM weights stores its (random) frozen encoder too, so that it can be rebuilt exactly.
@@ -47,7 +51,7 @@ def save_checkpoint(model: RefSAM3D, path: Union[str, Path], extra: Optional[dic
     path.parent.mkdir(parents=True, exist_ok=True)
     skip = model.frozen_state_keys() if model.sam_initialised else {k for k in model.state_dict() if k.startswith("text_encoder.")}
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items() if k not in skip}
-    payload = {"format": FORMAT, "arch_version": ARCH_VERSION, "config": dict(model.config), "sam_initialised": bool(model.sam_initialised),
+    payload = {"format": FORMAT, "arch_version": ARCH_VERSION, "config": {**model.config, **(config_overrides or {})}, "sam_initialised": bool(model.sam_initialised),
                "state_dict": state, "extra": dict(extra or {})}
     return _atomic_save(payload, path)
 

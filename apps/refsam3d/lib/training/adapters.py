@@ -144,7 +144,11 @@ class PromptModelAdapter(ProbabilitySegmenter, SegmentationAdapter):
     def save(self, path, extra=None):
         from lib.model import save_checkpoint
 
-        save_checkpoint(self.model, str(path), extra={**(extra or {}), **phrasing_metadata(self.entries, self.cfg)})
+        from .runner import public_text_encoder
+
+        stored_text = public_text_encoder(self.model.config.get("text_encoder"))
+        save_checkpoint(self.model, str(path), extra={**(extra or {}), **phrasing_metadata(self.entries, self.cfg)},
+                        config_overrides={"text_encoder": stored_text})
 
     def describe(self) -> dict:
         d: dict[str, Any] = {"model": "RefSAM3D", "roi_size": list(self.roi_size)}

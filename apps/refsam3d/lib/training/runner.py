@@ -40,6 +40,21 @@ def portable_text_encoder(stored: str | None) -> str | None:
     return None
 
 
+MINILM_PUBLIC_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def public_text_encoder(loaded_from: str | None) -> str | None:
+    """The name a checkpoint stores for its text encoder: the offline MiniLM package folder (a path of this
+    machine) becomes MiniLM's Hugging Face name, which loads anywhere (offline through :func:`portable_text_encoder`);
+    any other value is stored as given."""
+    from lib.model_store import minilm_folder
+
+    folder = minilm_folder()
+    if loaded_from and folder is not None and Path(str(loaded_from)).resolve() == folder.resolve():
+        return MINILM_PUBLIC_NAME
+    return loaded_from
+
+
 def build_model(preset: str, text_encoder: str | None = "minilm", sam_checkpoint: str | None = None,
                 init: str | None = None, seed: int = 0, **overrides):
     """A fresh RefSAM3D (seeded) or, with ``init`` = a checkpoint path, the model stored there."""
