@@ -2,7 +2,8 @@
 
 * ``infer_gate``: ``/infer`` in worker threads, bounded concurrency and queue, 503 + ``Retry-After`` beyond;
 * ``upload_limit``: bodies over ``max_upload_mb`` -> 413 before they are read whole;
-* ``volume_header`` (called per request by the app): volumes declaring more than ``max_voxels`` -> 422.
+* ``volume_header`` (called per request by the app): volumes declaring more than ``max_voxels`` -> 422;
+* ``task_status``: ``GET /train/`` returns a snapshot of a running task's output lines (no 500 mid-append).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any, Optional
 
 from lib.server.infer_gate import InferenceGate, offload_infer_route
 from lib.server.settings import ServerLimits
+from lib.server.task_status import install_task_status_snapshots
 from lib.server.upload_limit import install_upload_limit
 
 logger = logging.getLogger(__name__)
@@ -38,5 +40,6 @@ def install_server_limits(limits: ServerLimits) -> InferenceGate:
     if not offload_infer_route(fastapi_app, gate):
         logger.warning("RefSAM3D: POST /infer/{model} not found; inference stays on the event loop")
     install_upload_limit(fastapi_app, limits.max_upload_bytes)
+    install_task_status_snapshots()  # GET /train/ while a task prints: no "deque mutated during iteration" 500
     logger.info(f"RefSAM3D: uploads up to {limits.max_upload_mb:g} MB, volumes up to {limits.max_voxels:,} voxels")
     return gate
