@@ -38,7 +38,7 @@ def _read_while_a_line_arrives(task: dict, status: dict) -> list[str]:
 def test_monai_labels_own_status_breaks_when_a_line_arrives(running_task, original_status):
     status, _ = original_status("train")
     with pytest.raises(RuntimeError, match="deque mutated during iteration"):
-        _read_while_a_line_arrives(running_task, status)  # what made GET /train/ answer 500 in CI
+        _read_while_a_line_arrives(running_task, status)  # the likely cause of the 500 on GET /train/ in CI
 
 
 def test_status_is_a_snapshot_after_install(running_task, original_status):
