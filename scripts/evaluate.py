@@ -42,9 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16", "auto"],
                    help="image encoding under bf16 autocast, as the server's --conf precision (default float32)")
-    p.add_argument("--mirror-axes", default="",
+    p.add_argument("--mirror-axes", default="auto",
                    help="test-time augmentation (nnU-Net's mirroring): average over flips of these spatial axes, "
-                        "e.g. '0' = left-right, the flip the training augments with (default: none, one pass)")
+                        "e.g. '0' = left-right; 'none' = one pass; default 'auto': the flips each checkpoint was "
+                        "trained with, as the server's --conf mirror_axes auto (so the default scores the server's answer)")
     p.add_argument("--largest-component", action="store_true",
                    help="keep only the largest connected piece of each label's mask (nnU-Net's post-processing)")
     p.add_argument("--nsd-tolerance", type=float, default=1.0, help="NSD boundary tolerance in mm")
@@ -78,11 +79,16 @@ def main(argv=None) -> int:
     from lib.precision import resolve_precision
     from lib.training import (EnsembleSegmenter, PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set,
                               msd_datalist)
-    from lib.parsing import parse_axes, parse_labels, parse_size
+    from lib.parsing import parse_labels, parse_mirror_axes, parse_size
+    from lib.weights_card import trained_flip_axes
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
 
     text_encoders: dict = {}  # one frozen text encoder per (name, preset, max length), shared by ensemble members
+    try:
+        requested_mirror = parse_mirror_axes(args.mirror_axes)
+    except ValueError as e:
+        raise SystemExit(f"--mirror-axes {e}") from None
 
     def load_member(path: str):
         """One checkpoint -> (segmenter, label set, preset, window size)."""
@@ -97,9 +103,10 @@ def main(argv=None) -> int:
         key = (text or info["config"].get("text_encoder"), preset, info["config"].get("text_max_length"))
         model = load_checkpoint(path, sam_checkpoint=args.sam_checkpoint, text_encoder=text_encoders.get(key, text))
         text_encoders.setdefault(key, model.text_encoder)
+        mirror = trained_flip_axes(info["extra"]) if requested_mirror == "auto" else requested_mirror
         member = PromptModelAdapter(model, entries_from_label_set(label_set, parse_labels(args.labels)), TrainConfig(),
                                     roi_size=roi, overlap=args.overlap, device=args.device, threshold=args.threshold,
-                                    mirror_axes=parse_axes(args.mirror_axes))
+                                    mirror_axes=mirror)
         member.precision = resolve_precision(args.precision, member.device)
         member.model.eval()
         return member, label_set, preset, roi
@@ -189,13 +196,13 @@ def run_click_protocol(args, members, label_set, datalist, checkpoints) -> int:
 
     if args.clicks < 1:
         raise SystemExit("--no-text and --click-oracle need --clicks N (N >= 1)")
-    if len(members) > 1 or args.mirror_axes or args.largest_component:
-        raise SystemExit("--clicks evaluates one checkpoint, without --mirror-axes / --largest-component")
+    if len(members) > 1 or args.largest_component:
+        raise SystemExit("--clicks evaluates one checkpoint, without --largest-component")
     seg, _, preset, roi = members[0]
     result = evaluate_clicks(seg.model, seg.entries, datalist, label_set.modality, label_set.target_spacing,
                              args.clicks, use_text=not args.no_text, roi_size=roi, threshold=args.threshold,
                              ct_window=label_set.ct_window if label_set.modality == "CT" else None,
-                             progress=not args.no_progress, oracle=args.click_oracle,
+                             progress=not args.no_progress, oracle=args.click_oracle, mirror_axes=seg.mirror_axes,
                              info={"checkpoint": checkpoints[0], "label_set": label_set.name, "preset": preset,
                                    "roi_size": list(roi), "data": str(Path(args.data).resolve()),
                                    "split_file": args.split_file, "part": args.part})

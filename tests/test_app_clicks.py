@@ -105,6 +105,7 @@ def test_a_click_reruns_the_decoder_only(server, hippocampus_dir):
     assert meta["cache"]["encoding"] == "hit" and clicks["windows"]["encoded"] == 0  # no encoder run
     assert clicks["text_answer"] == "cached" and 1 <= clicks["windows"]["decoded"] <= clicks["windows"]["total"]
     assert clicks["previous_mask"] in ("text answer", "last answer")
+    assert meta["model"]["mirror_axes"] == [0]  # decoded as the text answer is: a plain and a mirrored pass
 
 
 @pytest.mark.parametrize("params,message", [

@@ -289,6 +289,46 @@ def test_sliding_window_reuses_window_encodings(tiny_text_encoder):
     assert sum(counts.values()) == int((labels > 0).sum()) and len(calls) == n
 
 
+def test_mirrored_segment_averages_flips_and_caches_them_apart(tiny_text_encoder):
+    """The server's test-time mirroring: the mean of the plain and flipped-back passes; the mirrored windows are
+    cached under their own keys, the plain ones as one pass caches them (the click path decodes from those)."""
+    from lib.inference import mirrored_segment, segment_prompts, sliding_window_segment
+    from lib.model import build_refsam3d
+
+    torch.manual_seed(0)
+    model = build_refsam3d("small", text_encoder=str(tiny_text_encoder)).eval()
+    image = torch.rand(1, 1, 40, 36, 20)
+    plain_store, store = {}, {}
+    plain = sliding_window_segment(model, image, ["liver"], (32, 32, 32), 0.25, encodings=plain_store)
+    flipped = sliding_window_segment(model, image.flip(2), ["liver"], (32, 32, 32), 0.25).flip(2)
+    assert not torch.allclose(plain, flipped, atol=1e-3)  # a random model is not symmetric: the test can fail
+    mirrored = mirrored_segment(model, image, ["liver"], (32, 32, 32), 0.25, encodings=store, mirror_axes=(0,))
+    torch.testing.assert_close(mirrored, (plain + flipped) / 2)
+    assert len(store) == 2 * len(plain_store) and all(k in store for k in plain_store)
+    for key, enc in plain_store.items():
+        torch.testing.assert_close(store[key].mask_features, enc.mask_features)
+    assert sum(1 for k in store if k[0] == "flip") == len(plain_store)
+    torch.testing.assert_close(mirrored_segment(model, image, ["liver"], (32, 32, 32), 0.25, encodings=store),
+                               plain)  # no axes: one plain pass, from the shared cache
+    kept = {}
+    labels, _ = segment_prompts(model, image, ["liver"], (32, 32, 32), 0.25, encodings=store, threshold=0.5,
+                                keep=lambda i, p: kept.setdefault(i, p), mirror_axes=(0,))
+    torch.testing.assert_close(kept[0], mirrored[0, 0])
+    assert torch.equal(labels, (mirrored[0, 0] >= 0.5).to(torch.int32))
+
+
+def test_weights_card_shows_the_evaluation_made_as_the_server_predicts():
+    from lib.weights_card import headline, summarise_extra, trained_flip_axes
+
+    ev = lambda dice, axes: {"mean": {"dice": dice}, "num_cases": 40, "mirror_axes": axes, "per_label": {}}
+    extra = {"label_set": "msd_hippocampus", "training": {"config": {"flip_axes": [0]}},
+             "test_evaluation": ev(0.892, [0]), "test_evaluation_single_pass": ev(0.888, [])}
+    assert trained_flip_axes(extra) == (0,) and trained_flip_axes({}) == () and trained_flip_axes(None) == ()
+    assert "test Dice 0.892" in headline(summarise_extra(extra, (0,)), "msd_hippocampus")
+    assert "test Dice 0.888" in headline(summarise_extra(extra, ()), "msd_hippocampus")
+    assert summarise_extra(extra)["test"]["from"] == "test_evaluation_single_pass"  # unknown: one pass first
+
+
 def test_auto_overlap_uses_the_fewest_windows_that_still_overlap():
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval

@@ -135,3 +135,52 @@ def test_only_the_touched_windows_are_decoded(small_model):
     _, stats3 = click_probabilities(small_model, image, None, np.array([[5.0, 5.0, 5.0]]), np.array([1]),
                                     (32, 32, 32), "auto", previous=prev, encodings=encodings)
     assert stats3.decoded > 1 and stats3.total == 16
+
+
+def test_mirrored_clicks_average_the_flipped_pass_of_flipped_clicks(small_model):
+    """The server decodes clicks as it mirrors the text answer: the plain pass and the pass on the image flipped
+    left-right, with the clicks, base and previous answer flipped too, averaged back in the image's own grid."""
+    from lib.click_inference import click_probabilities, mirrored_click_probabilities
+
+    torch.manual_seed(2)
+    image = torch.rand(1, 80, 40, 40)
+    base, previous = torch.rand(80, 40, 40), torch.rand(80, 40, 40)
+    points, labels = np.array([[5.0, 7.0, 9.0], [60.0, 30.0, 12.0]]), np.array([1, 0])
+    args = ("CT images, liver", points, labels, (32, 32, 32), "auto")
+    plain, _ = click_probabilities(small_model, image, *args, base=base, previous=previous)
+    flipped_points = points.copy()
+    flipped_points[:, 0] = 79.0 - flipped_points[:, 0]  # the same voxels, counted from the other end
+    flipped, _ = click_probabilities(small_model, image.flip(1), "CT images, liver", flipped_points, labels,
+                                     (32, 32, 32), "auto", base=base.flip(0), previous=previous.flip(0))
+    assert not torch.allclose(plain, flipped.flip(0), atol=1e-3)  # a random model: the passes differ
+    encodings: dict = {}
+    mirrored, stats = mirrored_click_probabilities(small_model, image, *args, base=base, previous=previous,
+                                                   mirror_axes=(0,), encodings=encodings)
+    torch.testing.assert_close(mirrored, (plain + flipped.flip(0)) / 2)
+    assert stats.decoded == stats.encoded == len(encodings)  # every touched window of both passes, encoded once
+    assert {k[0] == "flip" for k in encodings} == {True, False}  # each pass decodes its own cached windows
+    one, _ = mirrored_click_probabilities(small_model, image, *args, base=base, previous=previous, mirror_axes=())
+    torch.testing.assert_close(one, plain)
+
+
+def test_click_protocol_decodes_as_the_server_mirrors(small_model):
+    """``evaluate.py --clicks`` with mirroring: each answer the mean of the plain pass and the flipped pass (flipped
+    clicks and previous answer), as logits of that mean, so the protocol scores what the server answers."""
+    from lib.evaluation_clicks import MirroredDecoding
+
+    torch.manual_seed(3)
+    x = torch.rand(1, 1, 32, 32, 32)
+    points = torch.tensor([[[[3.0, 10.0, 20.0], [28.0, 5.0, 6.0]]]])  # [1, K=1, P=2, 3]
+    labels = torch.tensor([[[1, 0]]])
+    previous = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        mirrored = MirroredDecoding(small_model, (0,))
+        out = mirrored.decode(mirrored.encode_image(x), ["liver"], points, labels, previous_mask=previous)
+        plain = torch.sigmoid(small_model.decode(small_model.encode_image(x), ["liver"], points, labels,
+                                                 previous_mask=previous))
+        flipped_points = points.clone()
+        flipped_points[..., 0] = 31.0 - flipped_points[..., 0]
+        flipped = torch.sigmoid(small_model.decode(small_model.encode_image(x.flip(2)), ["liver"], flipped_points,
+                                                   labels, previous_mask=previous.flip(2))).flip(2)
+    assert not torch.allclose(plain, flipped, atol=1e-3)
+    torch.testing.assert_close(torch.sigmoid(out), ((plain + flipped) / 2).clamp(1e-4, 1 - 1e-4), atol=1e-5, rtol=1e-4)

@@ -40,6 +40,7 @@ def _run(tmp_path, data, name, *extra):
 def test_evaluate_clicks_writes_curves_noc_and_clicks(tmp_path, hippocampus_dir):
     result, out = _run(tmp_path, hippocampus_dir, "text")
     assert result["num_cases"] == 2 and result["clicks"] == [0, 1, 2] and result["protocol"]["text"] is True
+    assert result["protocol"]["mirror_axes"] == [0]  # by default decoded as the server does (the weights' flips)
     assert set(result["per_label"]) == LABELS
     for case in result["cases"]:
         for name, m in case["labels"].items():

@@ -59,6 +59,17 @@ def test_conf_strings_are_parsed():
     assert AppSettings.from_conf({"sw_overlap": " Auto ", "modality": ""}).sw_overlap == "auto"
 
 
+def test_mirror_axes_auto_follows_the_weights_training_flips():
+    auto = AppSettings.from_conf({})
+    assert auto.mirror_axes == "auto"
+    assert auto.served_mirror_axes((0,)) == (0,) and auto.served_mirror_axes(()) == ()  # nnU-Net's rule
+    assert AppSettings.from_conf({"mirror_axes": "none"}).served_mirror_axes((0,)) == ()  # one pass, whatever trained
+    assert AppSettings.from_conf({"mirror_axes": "2,0"}).served_mirror_axes(()) == (0, 2)
+    for bad in ("3", "left", "0,x"):
+        with pytest.raises(ConfError, match=re.escape("--conf mirror_axes must be auto, none or spatial axes")):
+            AppSettings.from_conf({"mirror_axes": bad})
+
+
 @pytest.mark.parametrize("key,value,words", [
     ("preset", "huge", "--conf preset must be one of vit_b, small, got 'huge'"),
     ("label_set", "nope", "--conf label_set"),

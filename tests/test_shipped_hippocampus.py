@@ -197,6 +197,7 @@ def test_label_name_as_text_prompt_uses_the_trained_prompt(server):
     body = res.json()
     assert body["label_names"] == {"posterior hippocampus": 2}  # the label's own value, never anterior's 1
     assert body["prompts"]["posterior hippocampus"].startswith("MRI images, hippocampus segmentation")
+    assert body["model"]["mirror_axes"] == [0]  # a plain and a left-right mirrored pass, averaged
     free = infer(server.url, case, {"text_prompt": "hippocampus tail"}).json()
     assert free["prompts"] == {"hippocampus tail": "hippocampus tail"}  # other free text goes as typed
     assert free["label_names"] == {"hippocampus tail": 255}  # under "free text prompt", not a hippocampus part
@@ -206,10 +207,14 @@ def test_viewers_are_told_what_the_shipped_weights_are(server):
     from lib.model import read_checkpoint
 
     info = requests.get(f"{server.url}/info/", timeout=60).json()
-    # the numbers the evaluation wrote into the checkpoint (checkpoints/README.md: one pass on 40 held-out cases)
+    # the numbers the evaluation wrote into the checkpoint (checkpoints/README.md): the server averages the
+    # left-right flip the weights were trained with (--conf mirror_axes auto), so the mirrored evaluation is shown
     extra = read_checkpoint(CHECKPOINT)["extra"]
-    dice = extra["test_evaluation_single_pass"]["mean"]["dice"]
-    assert 0.85 < dice < 1.0 and extra["test_evaluation_single_pass"]["num_cases"] == 40
+    assert extra["training"]["config"]["flip_axes"] == [0] and extra["test_evaluation"]["mirror_axes"] == [0]
+    assert info["models"]["refsam3d"]["mirror_axes"] == [0]
+    dice = extra["test_evaluation"]["mean"]["dice"]
+    assert 0.85 < dice < 1.0 and extra["test_evaluation"]["num_cases"] == 40
+    assert dice != extra["test_evaluation_single_pass"]["mean"]["dice"]  # the one-pass number is not the one shown
     assert info["name"].endswith(f"trained on msd_hippocampus, test Dice {dice:.3f} (40 held-out cases)")
     assert info["models"]["refsam3d"]["description"].startswith(f"trained on msd_hippocampus, test Dice {dice:.3f}")
     meta = requests.get(f"{server.url}/model/info/refsam3d", timeout=60).json()

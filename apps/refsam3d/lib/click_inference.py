@@ -17,14 +17,14 @@ and the overlap in between is blended as the text path blends neighbouring windo
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Hashable, MutableMapping, Optional, Sequence
+from typing import Any, Hashable, MutableMapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from lib.inference import _expand, _model_device, _window_key, encode_window, resolve_overlap
+from lib.inference import _expand, _model_device, _window_key, encode_window, flip_combinations, resolve_overlap
 
 PREVIOUS_THRESHOLD = 0.5
 LOGIT_EPS = 1e-4
@@ -72,13 +72,15 @@ def click_probabilities(
     device: Optional[str | torch.device] = None,
     encodings: Optional[MutableMapping[Hashable, Any]] = None,
     precision: Optional[torch.dtype] = None,
+    key_prefix: Tuple = (),
 ) -> tuple[torch.Tensor, ClickStats]:
     """Probabilities ``[D, H, W]`` of one target after clicks, and what was decoded.
 
     ``image [1, D, H, W]`` (or ``[1, 1, D, H, W]``) in the model grid; ``points [N, 3]`` voxel indices of that
     grid, ``point_labels [N]`` 1 / 0; ``text`` None for clicks only; ``base`` / ``previous`` probability maps
     ``[D, H, W]`` (the text-only answer; the last answer, given to the model as logits); ``encodings`` the
-    study's cached window encodings (missing ones are encoded and added, under ``precision`` autocast).
+    study's cached window encodings (missing ones are encoded and added, under ``precision`` autocast), under
+    ``key_prefix`` + window key (a mirrored copy's own windows, as :func:`lib.inference.mirrored_segment` keys them).
     """
     device = torch.device(device) if device is not None else _model_device(model)
     x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
@@ -104,7 +106,7 @@ def click_probabilities(
         outs = []
         for b in range(window.shape[0]):
             stats.total += 1
-            key = _window_key(coords[b])
+            key = key_prefix + _window_key(coords[b])
             region = tuple(coords[b][2:])
             start = torch.tensor([s.start for s in region], dtype=torch.float64)
             local = pts - start
@@ -143,3 +145,43 @@ def click_probabilities(
     probs = blended if base is None else blended + (1.0 - touched_weight) * base.to(blended.device).float()
     stats.clicks_used = len(used)
     return probs.clamp_(0.0, 1.0).cpu(), stats
+
+
+def mirrored_click_probabilities(
+    model,
+    image: torch.Tensor,
+    text: Optional[str],
+    points: np.ndarray,
+    point_labels: np.ndarray,
+    roi_size: Sequence[int],
+    overlap: float | str = "auto",
+    base: Optional[torch.Tensor] = None,
+    previous: Optional[torch.Tensor] = None,
+    mirror_axes: Sequence[int] = (),
+    **kwargs: Any,
+) -> tuple[torch.Tensor, ClickStats]:
+    """:func:`click_probabilities` averaged over the flips of ``mirror_axes``, as the text path mirrors its answer:
+    each mirrored pass decodes the mirrored image (its own cached windows) with the mirrored clicks, base and
+    previous answer, and is flipped back. ``kwargs``: ``sw_batch_size``, ``device``, ``encodings``, ``precision``."""
+    x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+    x = (x[None] if x.ndim == 4 else x).float()  # [1, 1, D, H, W]
+    shape = np.asarray(x.shape[2:], dtype=np.float64)
+    total: Optional[torch.Tensor] = None
+    stats = ClickStats()
+    combos = flip_combinations(mirror_axes)
+    for dims in combos:
+        axes = [d - 2 for d in dims]  # tensor dims of [1, 1, D, H, W] -> axes of [D, H, W] and of a point
+        pts = np.array(points, dtype=np.float64).reshape(-1, 3)
+        pts[:, axes] = shape[axes] - 1.0 - pts[:, axes]  # voxel index i -> n - 1 - i along each flipped axis
+        flip = (lambda t: t.flip(axes) if t is not None else None) if axes else (lambda t: t)
+        probs, one = click_probabilities(model, x.flip(dims) if dims else x, text, pts, point_labels, roi_size,
+                                         overlap, flip(base), flip(previous),
+                                         key_prefix=("flip", dims) if dims else (), **kwargs)
+        probs = flip(probs)
+        total = probs if total is None else total.add_(probs)
+        stats.total, stats.decoded, stats.encoded = (stats.total + one.total, stats.decoded + one.decoded,
+                                                     stats.encoded + one.encoded)
+        stats.clicks_used = max(stats.clicks_used, one.clicks_used)
+        stats.touched += one.touched
+    assert total is not None
+    return (total.div_(len(combos)) if len(combos) > 1 else total), stats

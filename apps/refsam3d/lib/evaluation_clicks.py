@@ -4,7 +4,8 @@ Per case and label: the first answer from the text prompt (or, without text, fro
 interior point of the target), then up to N clicks, each at the interior point of the largest remaining
 error region of that label's mask (positive for a miss, negative for a false alarm:
 :func:`lib.training.clicks.next_click`, the training simulation), the previous logits fed back as the
-dense prompt. Dice (MONAI's ``DiceMetric``) after each click; NoC@85 / NoC@90 = clicks needed to reach
+dense prompt. With ``mirror_axes`` every answer is decoded as the server mirrors it (:class:`MirroredDecoding`).
+Dice (MONAI's ``DiceMetric``) after each click; NoC@85 / NoC@90 = clicks needed to reach
 that Dice (N + 1 when never). Masks are the server's: one label map, each voxel to its most probable
 prompt above the threshold. The volume is decoded whole (padded to at least the window, as MONAI's
 sliding window pads), with one image encoding per case: meant for volumes that fit one window (MSD
@@ -30,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
+from lib.click_inference import LOGIT_EPS
 from lib.evaluation import _json_safe, dice_per_label, probs_to_masks
+from lib.inference import flip_combinations
 from lib.training.clicks import ClickBuffer, next_click
 from lib.training.prompts import LabelEntry, label_map_to_binary
 
@@ -51,6 +54,39 @@ def _pad_to(x: torch.Tensor, size: Sequence[int]) -> tuple[torch.Tensor, list[in
 def _masks(logits: torch.Tensor, crop: tuple, threshold: float) -> torch.Tensor:
     """Logits ``[1, K, *padded]`` -> the server's masks ``[K, D, H, W]`` (bool, on the CPU) inside ``crop``."""
     return probs_to_masks(torch.sigmoid(logits[0][(slice(None), *crop)].float()).cpu(), threshold)
+
+
+class MirroredDecoding:
+    """``model`` decoding as the server does with ``--conf mirror_axes``: each answer the mean of the passes over the
+    flips of ``axes`` (:func:`lib.inference.flip_combinations`), each pass given the flipped image, clicks and
+    previous answer and flipped back; returned as logits of that mean (the next round's previous answer)."""
+
+    def __init__(self, model, axes: Sequence[int]):
+        self.model, self.combos = model, flip_combinations(axes)
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def encode_image(self, x: torch.Tensor):
+        return [self.model.encode_image(x.flip(d) if d else x) for d in self.combos], tuple(x.shape[2:])
+
+    def decode(self, enc, text, points=None, point_labels=None, previous_mask=None) -> torch.Tensor:
+        encodings, shape = enc
+        total: Optional[torch.Tensor] = None
+        for dims, e in zip(self.combos, encodings):
+            pts, prev = points, previous_mask
+            if dims and points is not None:  # [1, K, P, 3] voxel indices: i -> n - 1 - i along each flipped axis
+                pts = points.clone()
+                for d in dims:
+                    pts[..., d - 2] = (shape[d - 2] - 1) - pts[..., d - 2]
+            if dims and previous_mask is not None:
+                prev = previous_mask.flip(dims)
+            p = torch.sigmoid(self.model.decode(e, text, pts, point_labels, previous_mask=prev).float())
+            p = p.flip(dims) if dims else p
+            total = p if total is None else total + p
+        assert total is not None
+        p = (total / len(self.combos)).clamp(LOGIT_EPS, 1.0 - LOGIT_EPS)
+        return torch.log(p) - torch.log1p(-p)
 
 
 def noc(dice_curve: Sequence[float], threshold: float, first_click: int, n_clicks: int) -> int:
@@ -153,8 +189,9 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
                     target_spacing: Sequence[float], n_clicks: int, use_text: bool = True,
                     roi_size: Sequence[int] = (0, 0, 0), threshold: float = 0.5, ct_window=None,
                     max_window_factor: float = 1.5, info: Optional[dict] = None, progress: bool = False,
-                    oracle: Optional[str] = None) -> dict:
-    """Run the protocol on every case (the server's pre-processing, ``val_transforms``) -> the result dict."""
+                    oracle: Optional[str] = None, mirror_axes: Sequence[int] = ()) -> dict:
+    """Run the protocol on every case (the server's pre-processing, ``val_transforms``) -> the result dict;
+    ``mirror_axes``: every answer averaged over these flips, as the server's ``--conf mirror_axes``."""
     from lib.training.data import val_transforms
 
     if n_clicks < 1:
@@ -171,6 +208,7 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
 
         iterator = tqdm(datalist, desc=f"clicks ({'text + ' if use_text else ''}{n_clicks})", unit="case")
     model.eval()
+    net = MirroredDecoding(model, mirror_axes) if mirror_axes else model
     for item in iterator:
         data = xform({"image": item["image"], "label": item["label"]})
         image = torch.as_tensor(data["image"]).float()[None]
@@ -179,7 +217,7 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
             raise ValueError(f"{item.get('id')}: volume {tuple(image.shape[-3:])} is much larger than the window "
                              f"{tuple(roi_size)}; click evaluation decodes whole volumes (hippocampus-sized data)")
         present = [bool(gt[i].any()) for i in range(len(entries))]
-        run = interactive_case(model, image, gt, [e.prompt for e in entries], n_clicks, use_text, roi_size, threshold,
+        run = interactive_case(net, image, gt, [e.prompt for e in entries], n_clicks, use_text, roi_size, threshold,
                                oracle=oracle)
         rec: dict[str, Any] = {"id": item.get("id") or Path(str(item["image"])).name, "labels": {}}
         for i, name in enumerate(names):
@@ -192,6 +230,7 @@ def evaluate_clicks(model, entries: Sequence[LabelEntry], datalist: Sequence[dic
                                       for t in NOC_THRESHOLDS}}
         cases.append(rec)
     result = {"info": dict(info or {}), "protocol": {"n_clicks": n_clicks, "text": use_text, "oracle": oracle,
+                                                     "mirror_axes": sorted({int(a) for a in mirror_axes}),
                                                      "first_click": 0 if use_text else 1, "threshold": threshold},
               "labels": names, "num_cases": len(cases), "seconds": round(time.time() - t0, 2),
               **summarise_clicks(cases, names, n_clicks, use_text), "cases": cases}

@@ -15,7 +15,7 @@ copy, so a first and a repeated request give identical masks.
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Dict, Hashable, Iterator, MutableMapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Iterator, List, MutableMapping, Optional, Sequence, Tuple
 
 import torch
 from monai.inferers import sliding_window_inference
@@ -103,6 +103,7 @@ def sliding_window_segment(
     encodings: Optional[MutableMapping[Hashable, Any]] = None,
     mode: str = "gaussian",
     precision: Optional[torch.dtype] = None,
+    key_prefix: Tuple = (),
 ) -> torch.Tensor:
     """Probabilities ``[1, K, D, H, W]`` in [0, 1] for ``image [1, 1, D, H, W]`` and K prompts.
 
@@ -112,6 +113,7 @@ def sliding_window_segment(
     ``encodings``: optional mapping window position -> stored encoding; missing windows are encoded
     and added, present ones are reused (the mapping must belong to this image, roi and overlap).
     ``precision``: autocast dtype of the image encoding (None: float32; see ``lib/precision.py``).
+    ``key_prefix``: prepended to the window keys (a mirrored copy of the image keeps its own encodings).
     """
     if not prompts:
         raise ValueError("at least one prompt is needed")
@@ -130,7 +132,7 @@ def sliding_window_segment(
         def predictor(window: torch.Tensor, coords) -> torch.Tensor:
             outs = []
             for b in range(window.shape[0]):
-                key = _window_key(coords[b])
+                key = key_prefix + _window_key(coords[b])
                 enc = store.get(key)
                 if enc is None:
                     enc = encode_window(model, window[b : b + 1], device, precision)
@@ -155,16 +157,41 @@ def sliding_window_segment(
     return probs.clamp_(0.0, 1.0)
 
 
+def flip_combinations(axes: Sequence[int] = ()) -> List[Tuple[int, ...]]:
+    """Every combination of flips of the spatial ``axes`` (0, 1, 2), as tensor dims of ``[B, C, D, H, W]``, the
+    plain pass (``()``) first: ``2 ** len(axes)`` entries."""
+    axes = sorted({int(a) for a in axes})
+    if any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
+    return [tuple(2 + a for a in c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
 def mirrored_predictions(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                          axes: Sequence[int] = ()) -> Iterator[torch.Tensor]:
     """``predict`` over every combination of flips of the spatial ``axes`` (0, 1, 2 of ``[B, C, D, H, W]``), each
     flipped back, the plain pass first: ``2 ** len(axes)`` passes, one at a time."""
-    axes = sorted({int(a) for a in axes})
-    if any(a not in (0, 1, 2) for a in axes):
-        raise ValueError(f"mirror axes must be spatial axes 0, 1 or 2, got {axes}")
-    for combo in (c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)):
-        dims = [2 + a for a in combo]  # spatial axis -> tensor dim of [B, C, D, H, W]
+    for dims in flip_combinations(axes):
         yield predict(image.flip(dims)).flip(dims) if dims else predict(image)
+
+
+def mirrored_segment(model, image: torch.Tensor, prompts: Sequence[str], roi_size: Sequence[int],
+                     overlap: float | str = 0.25, sw_batch_size: int = 1, device: Optional[str | torch.device] = None,
+                     encodings: Optional[MutableMapping[Hashable, Any]] = None, precision: Optional[torch.dtype] = None,
+                     mirror_axes: Sequence[int] = ()) -> torch.Tensor:
+    """:func:`sliding_window_segment` averaged over the flips of ``mirror_axes`` (nnU-Net's mirroring; ``()``: one
+    plain pass). The windows of each mirrored copy are cached under their own keys (``("flip", dims, ...)``); the
+    plain pass keeps the plain keys, which the click path decodes from."""
+    total: Optional[torch.Tensor] = None
+    combos = flip_combinations(mirror_axes)
+    image = image.as_tensor() if hasattr(image, "as_tensor") else image  # flips of a plain tensor: no meta ops
+    for dims in combos:
+        x = image.flip(dims) if dims else image
+        probs = sliding_window_segment(model, x, prompts, roi_size, overlap, sw_batch_size, device, encodings,
+                                       precision=precision, key_prefix=("flip", dims) if dims else ())
+        probs = probs.flip(dims) if dims else probs
+        total = probs if total is None else total.add_(probs)
+    assert total is not None
+    return total.div_(len(combos)) if len(combos) > 1 else total
 
 
 def mirror_averaged(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
@@ -208,6 +235,7 @@ def segment_prompts(
     confidences: Optional[Dict[int, Optional[float]]] = None,
     keep: Optional[Callable[[int, torch.Tensor], None]] = None,
     precision: Optional[torch.dtype] = None,
+    mirror_axes: Sequence[int] = (),
 ) -> Tuple[torch.Tensor, Dict[int, int]]:
     """Label map ``[D, H, W]`` (int32, 0 = background, i = prompt i, 1-based) and voxel counts per prompt.
 
@@ -216,14 +244,15 @@ def segment_prompts(
     image is encoded once (window encodings are shared through ``encodings``).  ``confidences``, when
     given, receives per prompt the mean probability of its voxels (None for an empty mask). ``keep(i, probs)``, if
     given, receives each prompt's probabilities ``[D, H, W]`` (0-based prompt index), e.g. to cache them.
+    ``mirror_axes``: average over these flips (:func:`mirrored_segment`).
     """
     store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
     best_p: Optional[torch.Tensor] = None
     best_i: Optional[torch.Tensor] = None
     for start in range(0, len(prompts), max(1, int(chunk))):
         part = list(prompts[start : start + chunk])
-        probs = sliding_window_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store,
-                                       precision=precision)[0]
+        probs = mirrored_segment(model, image, part, roi_size, overlap, sw_batch_size, device, store,
+                                 precision=precision, mirror_axes=mirror_axes)[0]
         if keep is not None:
             for i in range(probs.shape[0]):
                 keep(start + i, probs[i])

@@ -110,6 +110,19 @@ def parse_axes(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
 
+def parse_mirror_axes(value: Any) -> str | tuple[int, ...]:
+    """``"auto"`` (the weights' training flips) or spatial axes (0, 1, 2) as :func:`parse_axes`; ``"none"`` -> ``()``."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        axes = parse_axes(value)
+    except (TypeError, ValueError):
+        axes = None
+    if axes is None or any(a not in (0, 1, 2) for a in axes):
+        raise ValueError(f"must be auto, none or spatial axes among 0, 1, 2 (e.g. 0 or 0,1), got {value!r}")
+    return tuple(sorted(set(axes)))
+
+
 def parse_labels(value: Any) -> list[str] | None:
     """``"all"``/None -> None (every label of the set); ``"a,b"`` or ``["a", "b"]`` -> names."""
     if value is None:

@@ -16,7 +16,8 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple, Union
 from lib.defaults import (DEFAULT_DEVICE, DEFAULT_LABEL_SET, DEFAULT_LEARNING_RATE, DEFAULT_MIN_SIMILARITY,
                           DEFAULT_PRESET, DEFAULT_SW_OVERLAP, DEFAULT_TEXT_ENCODER, PRECISIONS, PRESETS)
 from lib.labelsets import LabelSet, load_label_set
-from lib.parsing import is_unset, parse_bool, parse_choice, parse_modality, parse_number, parse_size
+from lib.parsing import (is_unset, parse_bool, parse_choice, parse_mirror_axes, parse_modality, parse_number,
+                         parse_size)
 from lib.server.settings import ServerLimits
 from lib.training.config import TrainConfig
 
@@ -50,6 +51,7 @@ class AppSettings:
     modality: str = _conf("", shown="label set")
     device: str = _conf(DEFAULT_DEVICE)
     precision: str = _conf("auto")
+    mirror_axes: Union[str, Tuple[int, ...]] = _conf("auto")  # "auto": the served weights' training flips (nnU-Net)
     cache_size_mb: float = _conf(2048.0)
     max_prompt_chars: int = _conf(500)
     min_prompt_similarity: float = _conf(DEFAULT_MIN_SIMILARITY)
@@ -80,6 +82,10 @@ class AppSettings:
     def keep_versions(self) -> int:
         """Earlier published weights kept (``--conf train_keep_versions``)."""
         return self.train.keep_versions
+
+    def served_mirror_axes(self, trained_flips: Tuple[int, ...]) -> Tuple[int, ...]:
+        """The flips the text path averages for weights trained with ``trained_flips``: those (``auto``) or the set ones."""
+        return tuple(trained_flips) if self.mirror_axes == "auto" else tuple(self.mirror_axes)
 
     def roi_for(self, preset: str) -> Tuple[int, ...]:
         """The sliding-window ROI of ``preset``: ``roi_size`` for the served preset, else the label set's."""
@@ -112,6 +118,7 @@ class AppSettings:
             modality=c.get("modality", label_set.modality, parse_modality),
             device=str(c.raw("device") or d["device"]).lower(),
             precision=c.get("precision", d["precision"], parse_choice, PRECISIONS),
+            mirror_axes=c.get("mirror_axes", d["mirror_axes"], parse_mirror_axes),
             cache_size_mb=c.get("cache_size_mb", d["cache_size_mb"], parse_number, 0, 1 << 22),
             max_prompt_chars=c.get("max_prompt_chars", d["max_prompt_chars"], parse_number, 1, 100000, int),
             min_prompt_similarity=c.get("min_prompt_similarity", d["min_prompt_similarity"], parse_number, -1.0, 1.0),

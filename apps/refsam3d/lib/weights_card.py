@@ -2,7 +2,8 @@
 
 The facts come from the published checkpoint's ``extra`` (written by the train task, ``scripts/train.py`` and
 the hippocampus benchmark): the label set, the trained labels, the test evaluation on held-out cases
-(``test_evaluation_single_pass``: one pass, as the server predicts; else ``test_evaluation``), a held-out
+(the one made with the flips the server averages, ``--conf mirror_axes``: ``test_evaluation`` mirrored,
+``test_evaluation_single_pass`` one pass), a held-out
 estimate for models trained on every case, and the last validation Dice.  Reading a checkpoint is cached by
 (path, mtime, size), so ``/info`` stays cheap.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import functools
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 UNTRAINED = ("UNTRAINED weights: masks are meaningless until the model is trained "
              "(POST /train/refsam3d, or scripts/train.py and publish model/refsam3d_<preset>.pt)")
@@ -25,8 +26,21 @@ def _dice(value: Any) -> Optional[float]:
         return None
 
 
-def summarise_extra(extra: Dict[str, Any]) -> Dict[str, Any]:
-    """The facts of a checkpoint's ``extra`` that say what the weights were trained on and how well they do."""
+def trained_flip_axes(extra: Optional[Dict[str, Any]]) -> Tuple[int, ...]:
+    """The flips the weights were trained with (``extra["training"]["config"]["flip_axes"]``): nnU-Net's rule for
+    test-time mirroring; ``()`` for weights without a training record (untrained, SAM-initialised)."""
+    training = (extra or {}).get("training")
+    config = training.get("config") if isinstance(training, dict) else None
+    axes = config.get("flip_axes") if isinstance(config, dict) else None
+    try:
+        return tuple(sorted({int(a) for a in axes if int(a) in (0, 1, 2)})) if axes else ()
+    except (TypeError, ValueError):
+        return ()
+
+
+def summarise_extra(extra: Dict[str, Any], mirror_axes: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """The facts of a checkpoint's ``extra`` that say what the weights were trained on and how well they do;
+    ``mirror_axes``: the test evaluation made with the flips the server averages comes first."""
     spec = extra.get("label_set")
     label_set = extra.get("label_set_name") or (spec.get("name") if isinstance(spec, dict) else spec)
     out: Dict[str, Any] = {"label_set": label_set, "trained_labels": list(extra.get("trained_labels") or []),
@@ -34,7 +48,10 @@ def summarise_extra(extra: Dict[str, Any]) -> Dict[str, Any]:
     trained_prompts = extra.get("trained_prompts")
     if isinstance(trained_prompts, dict) and trained_prompts:  # the structures it was trained to find, by name
         out["trained_labels"] = list(dict.fromkeys([*out["trained_labels"], *map(str, trained_prompts)]))
-    for key in ("test_evaluation_single_pass", "test_evaluation"):
+    keys = ["test_evaluation_single_pass", "test_evaluation"]
+    if mirror_axes is not None:  # stable sort: the evaluation made as the server predicts first
+        keys.sort(key=lambda k: sorted((extra.get(k) or {}).get("mirror_axes") or []) != sorted(mirror_axes))
+    for key in keys:
         ev = extra.get(key)
         if isinstance(ev, dict) and _dice((ev.get("mean") or {}).get("dice")) is not None:
             out["test"] = {"dice": _dice(ev["mean"]["dice"]), "num_cases": ev.get("num_cases"),
@@ -92,9 +109,9 @@ def _read_extra(path: str, mtime_ns: int, size: int) -> Dict[str, Any]:
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path: str, mtime_ns: int, size: int) -> Dict[str, Any]:
+def _read(path: str, mtime_ns: int, size: int, mirror_axes: Optional[Tuple[int, ...]] = None) -> Dict[str, Any]:
     read = _read_extra(path, mtime_ns, size)
-    return summarise_extra(read["extra"]) if "extra" in read else {"unreadable": read["unreadable"]}
+    return summarise_extra(read["extra"], mirror_axes) if "extra" in read else {"unreadable": read["unreadable"]}
 
 
 def _stat_key(path: str | os.PathLike) -> Optional[tuple]:
@@ -105,10 +122,10 @@ def _stat_key(path: str | os.PathLike) -> Optional[tuple]:
     return (str(Path(path)), st.st_mtime_ns, st.st_size)
 
 
-def read_summary(path: str | os.PathLike) -> Optional[Dict[str, Any]]:
+def read_summary(path: str | os.PathLike, mirror_axes: Optional[Sequence[int]] = None) -> Optional[Dict[str, Any]]:
     """:func:`summarise_extra` of the checkpoint at ``path`` (None when there is no file)."""
     key = _stat_key(path)
-    return None if key is None else dict(_read(*key))
+    return None if key is None else dict(_read(*key, None if mirror_axes is None else tuple(mirror_axes)))
 
 
 def read_extra(path: str | os.PathLike) -> Optional[Dict[str, Any]]:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 
-from lib.click_inference import click_probabilities
+from lib.click_inference import mirrored_click_probabilities
 from lib.encoding_cache import nbytes
-from lib.inference import sliding_window_segment
+from lib.inference import mirrored_segment
 from lib.infers.clicks import ClickRequest, check_inside, drop_free_text_from_auto, parse_click_request, to_model_grid
 from lib.infers.prompt_parsing import FREE_TEXT_NAME
 
@@ -76,9 +76,10 @@ def _text_answer(task, data, version, model, image, text: str, encodings) -> Tup
     cached = task.cache.get(key)
     if cached is not None:
         return cached.float(), True
-    roi = tuple(int(r) for r in task.roi_size)
-    probs = sliding_window_segment(model, image[None], [text], roi, data["sw_overlap"], task.sw_batch_size,
-                                   task.store.device, encodings, precision=task.precision)[0, 0].cpu()
+    roi = tuple(int(r) for r in task.roi_size)  # the text path's answer: mirrored as that path mirrors
+    probs = mirrored_segment(model, image[None], [text], roi, data["sw_overlap"], task.sw_batch_size,
+                             task.store.device, encodings, precision=task.precision,
+                             mirror_axes=task.mirror_axes())[0, 0].cpu()
     task.cache.put(key, probs.to(torch.float16).contiguous())
     return probs, False
 
@@ -104,9 +105,11 @@ def run_clicks(task, data: Dict[str, Any], model, version: str) -> Dict[str, Any
     else:
         previous, previous_from = None, "none"
 
-    probs, stats = click_probabilities(
+    mirror_axes = task.mirror_axes()  # decoded as the text answer is: mirrored passes averaged
+    probs, stats = mirrored_click_probabilities(
         model, image, clicks.text, grid, clicks.labels, task.roi_size, data["sw_overlap"], base=base, previous=previous,
-        sw_batch_size=task.sw_batch_size, device=task.store.device, encodings=encodings, precision=task.precision)
+        mirror_axes=mirror_axes, sw_batch_size=task.sw_batch_size, device=task.store.device, encodings=encodings,
+        precision=task.precision)
     if not hit:
         put_back()
     task.cache.put(answer_key, {"probs": probs.to(torch.float16).contiguous(), "clicks": clicks.click_set()})
@@ -127,7 +130,8 @@ def run_clicks(task, data: Dict[str, Any], model, version: str) -> Dict[str, Any
             "windows": stats.as_dict(), "previous_mask": previous_from,
             "text_answer": None if base_cached is None else ("cached" if base_cached else "computed"),
         },
-        "model": {"preset": task.store.preset, "version": version, "trained": task.store.has_trained_weights()},
+        "model": {"preset": task.store.preset, "version": version, "trained": task.store.has_trained_weights(),
+                  "mirror_axes": list(mirror_axes)},
         "cache": {"image": data.get("_cache_image"), "encoding": "hit" if hit else "miss"},
         "warnings": task.warnings(),
     }

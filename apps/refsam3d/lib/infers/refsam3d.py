@@ -43,7 +43,7 @@ from lib.request_settings import RESULT_EXTENSIONS, InferOptions
 from lib.settings import AppSettings
 from lib.transforms import load_transforms
 from lib.uploads import is_upload
-from lib.weights_card import headline, knows_line, read_extra, read_summary
+from lib.weights_card import headline, knows_line, read_extra, read_summary, trained_flip_axes
 from monailabel.interfaces.tasks.infer_v2 import InferType
 from monailabel.tasks.infer.basic_infer import BasicInferTask
 from monailabel.transform.post import Restored
@@ -137,9 +137,15 @@ class RefSAM3DInfer(BasicInferTask):
     def warnings(self) -> List[str]:
         return self.store.warnings() + list(self.extra_warnings)
 
+    def mirror_axes(self) -> Tuple[int, ...]:
+        """The flips a text answer averages (``--conf mirror_axes``; ``auto``: those the served weights were trained
+        with, as nnU-Net mirrors; none for untrained weights)."""
+        return self.settings.served_mirror_axes(trained_flip_axes(read_extra(self.store.published_path)))
+
     def weights_card(self) -> Dict[str, Any]:
-        """Whether the served weights are trained, on what and how well (``lib/weights_card.py``)."""
-        summary = read_summary(self.store.published_path)
+        """Whether the served weights are trained, on what and how well (``lib/weights_card.py``): the test
+        evaluation made with the flips this server averages."""
+        summary = read_summary(self.store.published_path, self.mirror_axes())
         return {"trained": summary is not None and not summary.get("unreadable"),
                 "headline": headline(summary, self.label_set.name), **(summary or {})}
 
@@ -170,6 +176,7 @@ class RefSAM3DInfer(BasicInferTask):
             "target_spacing": list(self.target_spacing),
             "roi_size": list(self.roi_size),
             "sw_overlap": self.sw_overlap,
+            "mirror_axes": list(self.mirror_axes()),  # test-time flips of a text answer (--conf mirror_axes)
             "precision": precision_name(self.precision),
             "weights": {**self.store.status(), "card": card},
             "warnings": warnings,
@@ -274,13 +281,14 @@ class RefSAM3DInfer(BasicInferTask):
         key = ("encoding", data["_identity"], self._pre_settings(data), version, roi, overlap)
         texts = [p for _, _, p in prompts]
         confidences: Dict[int, Optional[float]] = {}
+        mirror_axes = self.mirror_axes()
 
         def run(encodings):
             return segment_prompts(
                 model, image[None], texts, roi, overlap, self.sw_batch_size, self.store.device, encodings,
                 threshold=float(data["threshold"]), chunk=self.prompt_chunk, confidences=confidences,
                 keep=text_answer_keeper(self, data, version, texts),  # for a click that follows
-                precision=self.precision,
+                precision=self.precision, mirror_axes=mirror_axes,
             )
 
         start = time.time()
@@ -309,7 +317,8 @@ class RefSAM3DInfer(BasicInferTask):
             "prompts": {name: text for name, _, text in prompts},
             "prompt_mode": data["_mode"],
             "free_text": self.prompts.free_text(prompts),
-            "model": {"preset": self.store.preset, "version": version, "trained": self.store.has_trained_weights()},
+            "model": {"preset": self.store.preset, "version": version, "trained": self.store.has_trained_weights(),
+                      "mirror_axes": list(mirror_axes)},
             "cache": {"image": data.get("_cache_image"), "encoding": "hit" if hit else "miss"},
             "warnings": self.warnings() + data.get("_prompt_warnings", []),
             **self.reporter.fields(prompts, data.get("_prompt_matches", {}), confidences),
