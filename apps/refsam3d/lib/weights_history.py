@@ -32,7 +32,7 @@ DEFAULT_KEEP = 5
 
 def describe_weights(path: Path) -> Dict[str, Any]:
     """What a checkpoint file is (label set, validation / test Dice, the run that made it); never raises."""
-    from lib.weights_card import summarise_extra
+    from lib.weights_card import summarise_extra, trained_flip_axes
 
     with open(path, "rb") as f:
         sha256 = hashlib.file_digest(f, "sha256").hexdigest()
@@ -40,7 +40,8 @@ def describe_weights(path: Path) -> Dict[str, Any]:
     try:
         from lib.model import read_checkpoint
 
-        out.update(summarise_extra(read_checkpoint(str(path)).get("extra") or {}))
+        extra = read_checkpoint(str(path)).get("extra") or {}
+        out.update(summarise_extra(extra, trained_flip_axes(extra)))  # the test Dice as served by default
     except Exception as e:  # noqa: BLE001 - an unreadable file is kept all the same
         out["unreadable"] = f"{type(e).__name__}: {str(e)[:200]}"
     return out
