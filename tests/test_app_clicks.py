@@ -131,10 +131,10 @@ def _largest(region: np.ndarray) -> np.ndarray:
     return labels == (1 + int(np.argmax(sizes)))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 20 open: the shipped weights (with the local click head, 2026-12-06) refine a "
-                   "text answer only a little (text + 3 clicks: Dice 0.889 -> 0.900 on the 40 test cases, "
-                   "benchmarks/results/issue25_20_round2/clicks_text); here the negative click removes 1 voxel of the "
-                   "22-voxel false-positive blob, not half; strict, so this turns red the day they do")
+@pytest.mark.xfail(strict=True, reason="issue 20 open: the shipped weights (round 3, served mirrored) refine a text answer "
+                   "only a little (text + 3 clicks: Dice 0.892 -> 0.901 over REST on the 40 test cases, "
+                   "benchmarks/results/issue25_mirroring/rest_clicks_text.json); here the negative click removes 2 voxels "
+                   "of the 22-voxel false-positive blob, not half; strict, so this turns red the day it does")
 def test_clicks_fix_the_errors_of_the_text_answer(server, hippocampus_dir):
     """Needs the retrained (click-trained) checkpoint.  Text answer, then a negative click at the interior of its
     largest false-positive blob, then a positive click at the interior of its largest missed region (the issue's
