@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from lib.inference import _expand, _model_device, _window_key, encode_window, flip_combinations, resolve_overlap
+from lib.inference import (_expand, _model_device, _window_key, encode_window, flip_combinations, mirror_points,
+                           resolve_overlap)
 
 PREVIOUS_THRESHOLD = 0.5
 LOGIT_EPS = 1e-4
@@ -147,35 +148,25 @@ def click_probabilities(
     return probs.clamp_(0.0, 1.0).cpu(), stats
 
 
-def mirrored_click_probabilities(
-    model,
-    image: torch.Tensor,
-    text: Optional[str],
-    points: np.ndarray,
-    point_labels: np.ndarray,
-    roi_size: Sequence[int],
-    overlap: float | str = "auto",
-    base: Optional[torch.Tensor] = None,
-    previous: Optional[torch.Tensor] = None,
-    mirror_axes: Sequence[int] = (),
-    **kwargs: Any,
-) -> tuple[torch.Tensor, ClickStats]:
+def mirrored_click_probabilities(model, image: torch.Tensor, text: Optional[str], points: np.ndarray,
+                                 point_labels: np.ndarray, *args: Any, base: Optional[torch.Tensor] = None,
+                                 previous: Optional[torch.Tensor] = None, mirror_axes: Sequence[int] = (),
+                                 **kwargs: Any) -> tuple[torch.Tensor, ClickStats]:
     """:func:`click_probabilities` averaged over the flips of ``mirror_axes``, as the text path mirrors its answer:
     each mirrored pass decodes the mirrored image (its own cached windows) with the mirrored clicks, base and
-    previous answer, and is flipped back. ``kwargs``: ``sw_batch_size``, ``device``, ``encodings``, ``precision``."""
+    previous answer, and is flipped back. ``args`` / ``kwargs``: the rest of :func:`click_probabilities`' arguments."""
     x = image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
     x = (x[None] if x.ndim == 4 else x).float()  # [1, 1, D, H, W]
-    shape = np.asarray(x.shape[2:], dtype=np.float64)
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     total: Optional[torch.Tensor] = None
     stats = ClickStats()
     combos = flip_combinations(mirror_axes)
     for dims in combos:
-        axes = [d - 2 for d in dims]  # tensor dims of [1, 1, D, H, W] -> axes of [D, H, W] and of a point
-        pts = np.array(points, dtype=np.float64).reshape(-1, 3)
-        pts[:, axes] = shape[axes] - 1.0 - pts[:, axes]  # voxel index i -> n - 1 - i along each flipped axis
+        axes = [d - 2 for d in dims]  # tensor dims of [1, 1, D, H, W] -> axes of [D, H, W]
         flip = (lambda t: t.flip(axes) if t is not None else None) if axes else (lambda t: t)
-        probs, one = click_probabilities(model, x.flip(dims) if dims else x, text, pts, point_labels, roi_size,
-                                         overlap, flip(base), flip(previous),
+        clicks = mirror_points(points, dims, x.shape[2:])
+        probs, one = click_probabilities(model, x.flip(dims) if dims else x, text, clicks, point_labels, *args,
+                                         base=flip(base), previous=flip(previous),
                                          key_prefix=("flip", dims) if dims else (), **kwargs)
         probs = flip(probs)
         total = probs if total is None else total.add_(probs)

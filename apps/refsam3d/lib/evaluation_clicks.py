@@ -33,7 +33,7 @@ from scipy import ndimage
 
 from lib.click_inference import LOGIT_EPS
 from lib.evaluation import _json_safe, dice_per_label, probs_to_masks
-from lib.inference import flip_combinations
+from lib.inference import flip_combinations, mirror_points
 from lib.training.clicks import ClickBuffer, next_click
 from lib.training.prompts import LabelEntry, label_map_to_binary
 
@@ -74,13 +74,8 @@ class MirroredDecoding:
         encodings, shape = enc
         total: Optional[torch.Tensor] = None
         for dims, e in zip(self.combos, encodings):
-            pts, prev = points, previous_mask
-            if dims and points is not None:  # [1, K, P, 3] voxel indices: i -> n - 1 - i along each flipped axis
-                pts = points.clone()
-                for d in dims:
-                    pts[..., d - 2] = (shape[d - 2] - 1) - pts[..., d - 2]
-            if dims and previous_mask is not None:
-                prev = previous_mask.flip(dims)
+            pts = mirror_points(points, dims, shape) if dims and points is not None else points  # [1, K, P, 3]
+            prev = previous_mask.flip(dims) if dims and previous_mask is not None else previous_mask
             p = torch.sigmoid(self.model.decode(e, text, pts, point_labels, previous_mask=prev).float())
             p = p.flip(dims) if dims else p
             total = p if total is None else total + p

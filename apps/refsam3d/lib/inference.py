@@ -166,6 +166,15 @@ def flip_combinations(axes: Sequence[int] = ()) -> List[Tuple[int, ...]]:
     return [tuple(2 + a for a in c) for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
+def mirror_points(points, dims: Sequence[int], shape: Sequence[int]):
+    """Voxel positions ``[..., 3]`` (numpy or torch) in an image of spatial ``shape`` (D, H, W) flipped along tensor
+    ``dims`` of ``[B, C, D, H, W]`` (:func:`flip_combinations`): i -> n - 1 - i along each flipped axis; a copy."""
+    out = points.clone() if isinstance(points, torch.Tensor) else points.copy()
+    for d in dims:
+        out[..., d - 2] = (shape[d - 2] - 1) - out[..., d - 2]
+    return out
+
+
 def mirrored_predictions(predict: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
                          axes: Sequence[int] = ()) -> Iterator[torch.Tensor]:
     """``predict`` over every combination of flips of the spatial ``axes`` (0, 1, 2 of ``[B, C, D, H, W]``), each
