@@ -59,6 +59,25 @@ def _to_logits(p: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
+def _padded_prompts(shape: Sequence[int], roi: Sequence[int], points: np.ndarray, point_labels: np.ndarray,
+                    base: Optional[torch.Tensor], previous: Optional[torch.Tensor]) -> tuple:
+    """The prompts in the grid ``sliding_window_inference`` pads to: ``points [N, 3]`` (float64) and
+    ``labels [N]``; the previous answer ``[*padded]`` and where it differs from the base answer by >= 0.5
+    (both None without a previous answer)."""
+    pad = _pad_sizes(shape, roi)
+    before = torch.tensor([pad[2 * (2 - a)] for a in range(3)], dtype=torch.float64)
+    pts = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 3) + before
+    lbl = torch.as_tensor(np.asarray(point_labels, dtype=np.int64)).reshape(-1)
+    if previous is None:
+        return pts, lbl, None, None
+
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t[None, None], pad, mode="constant", value=0.0)[0, 0] if any(pad) else t
+
+    delta = previous.float() - (base.float() if base is not None else 0.0)
+    return pts, lbl, padded(previous.float()), padded((delta.abs() >= PREVIOUS_THRESHOLD).float()) > 0
+
+
 def click_probabilities(
     model,
     image: torch.Tensor,
@@ -88,16 +107,7 @@ def click_probabilities(
     x = (x[None] if x.ndim == 4 else x).float()
     shape = tuple(int(s) for s in x.shape[2:])
     roi = tuple(int(r) for r in roi_size)
-    pad = _pad_sizes(shape, roi)
-    before = torch.tensor([pad[2 * (2 - a)] for a in range(3)], dtype=torch.float64)
-    pts = torch.as_tensor(np.asarray(points, dtype=np.float64)).reshape(-1, 3) + before  # padded grid
-    lbl = torch.as_tensor(np.asarray(point_labels, dtype=np.int64)).reshape(-1)
-    prev = changed = None
-    if previous is not None:
-        prev = F.pad(previous.float()[None, None], pad, mode="constant", value=0.0)[0, 0] if any(pad) else previous.float()
-        delta = previous.float() - (base.float() if base is not None else 0.0)
-        changed = delta.abs() >= PREVIOUS_THRESHOLD  # where the previous answer is not the base answer
-        changed = F.pad(changed[None, None].float(), pad, mode="constant", value=0.0)[0, 0] > 0 if any(pad) else changed
+    pts, lbl, prev, changed = _padded_prompts(shape, roi, points, point_labels, base, previous)
     store: MutableMapping[Hashable, Any] = encodings if encodings is not None else {}
     stats = ClickStats()
     used: set = set()

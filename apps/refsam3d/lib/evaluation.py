@@ -20,7 +20,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -233,13 +233,7 @@ def evaluate(
         image = torch.as_tensor(data["image"]).float()[None]
         gt = label_map_to_binary(torch.as_tensor(data["label"]), entries)
         routing = cross_prompts and hasattr(segmenter, "segment_each") and len(entries) > 1
-        each = None
-        with torch.no_grad():
-            if routing and hasattr(segmenter, "segment_and_each"):  # one inference for both
-                pred, each = segmenter.segment_and_each(image)
-            else:
-                pred = segmenter.segment(image)
-        pred = pred.to("cpu").bool()
+        pred, each = _predict(segmenter, image, routing)
         if largest_component:
             pred = keep_largest(pred)
         m = case_metrics(pred, gt, spacing=target_spacing, nsd_tolerance=nsd_tolerance)
@@ -247,14 +241,7 @@ def evaluate(
                "labels": {n: {k: m[k][i] for k in m} for i, n in enumerate(label_names)}}
         rec["labels_present"] = [n for i, n in enumerate(label_names) if bool(gt[i].any())]
         if routing:
-            if each is None:
-                with torch.no_grad():
-                    each = segmenter.segment_each(image)
-            each = each.to("cpu").bool()
-            mat = np.zeros((len(entries), len(entries)))
-            for i in range(len(entries)):
-                mat[i] = case_metrics(each[i:i + 1].expand(len(entries), *each.shape[1:]), gt,
-                                      metrics=("dice",))["dice"]
+            mat = _routing_dice(each, gt)
             routing_sum += mat
             routing_n += 1
             rec["routing_dice"] = mat.tolist()
@@ -278,17 +265,45 @@ def evaluate(
         "cases": cases,
     }
     if routing_n:
-        mat = routing_sum / routing_n
-        off = [mat[i, j] for i in range(len(entries)) for j in range(len(entries)) if i != j]
-        result["routing"] = {
-            "description": "mean Dice of the mask from prompt i (row) against the ground truth of label j (column); "
-                           "each prompt thresholded on its own",
-            "prompts": list(label_names),
-            "dice_matrix": mat.tolist(),
-            "swapped_dice_mean": float(np.mean(off)),
-            "swapped_dice_max": float(np.max(off)),
-        }
+        result["routing"] = _routing_summary(routing_sum / routing_n, label_names)
     return _json_safe(result)
+
+
+def _predict(segmenter: Segmenter, image: torch.Tensor, routing: bool) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``image [1, 1, *spatial]`` -> the label masks ``[K, *spatial]`` and, with ``routing``, every prompt's mask
+    thresholded on its own (else None); bool, on the CPU."""
+    each = None
+    with torch.no_grad():
+        if routing and hasattr(segmenter, "segment_and_each"):  # one inference for both
+            pred, each = segmenter.segment_and_each(image)
+        else:
+            pred = segmenter.segment(image)
+        if routing and each is None:
+            each = segmenter.segment_each(image)
+    return pred.to("cpu").bool(), (each.to("cpu").bool() if each is not None else None)
+
+
+def _routing_dice(each: torch.Tensor, gt: torch.Tensor) -> np.ndarray:
+    """``[K, K]``: Dice of prompt i's own mask (``each [K, *spatial]``) against label j's ground truth."""
+    k = each.shape[0]
+    mat = np.zeros((k, k))
+    for i in range(k):
+        mat[i] = case_metrics(each[i:i + 1].expand(k, *each.shape[1:]), gt, metrics=("dice",))["dice"]
+    return mat
+
+
+def _routing_summary(mat: np.ndarray, label_names: Sequence[str]) -> dict:
+    """The mean routing matrix over cases and its off-diagonal (swapped-prompt) Dice."""
+    k = len(label_names)
+    off = [mat[i, j] for i in range(k) for j in range(k) if i != j]
+    return {
+        "description": "mean Dice of the mask from prompt i (row) against the ground truth of label j (column); "
+                       "each prompt thresholded on its own",
+        "prompts": list(label_names),
+        "dice_matrix": mat.tolist(),
+        "swapped_dice_mean": float(np.mean(off)),
+        "swapped_dice_max": float(np.max(off)),
+    }
 
 
 def write_reports(result: dict, out_dir: str | os.PathLike, stem: str = "evaluation", title: str | None = None) -> dict:
