@@ -1,11 +1,23 @@
 #!/bin/bash
-# usage: PART=train N=20 grid.sh "DELTA RADIUS SOURCE" ...
+# usage: PART=train N=20 [NOTEXT=--no-text] grid.sh "region DELTA RADIUS SOURCE" "gate GATE GMODE" "none" ...
+# prints, per rule: Dice after 0..5 clicks (1..5 without text), NoC@90, and the steps that lowered the Dice (count, sum)
 cd "$(dirname "$0")/../../.."
-mkdir -p "${OUT:-/tmp/region_edit}"
+OUT=${OUT:-/tmp/region_edit}
+mkdir -p "$OUT"
 for cfg in "$@"; do
   set -- $cfg
-  out=${OUT:-/tmp/region_edit}/g_${PART}_${N}_$1_$2_$3${NOTEXT:+_nt}
-  DELTA=$1 RADIUS=$2 SOURCE=$3 .venv/bin/python benchmarks/results/issue20_region_edit/region_edit.py --checkpoint checkpoints/msd_hippocampus/refsam3d_small.pt --data ../shared/data/msd-hippocampus --split-file benchmarks/results/hippocampus_split.json --part $PART --max-cases $N --clicks 5 $NOTEXT --threads 1 --no-progress --out $out > $out.log 2>&1
+  out=$OUT/g_${PART}_${N}_$(echo "$cfg" | tr ' ' _)${NOTEXT:+_nt}
+  case $1 in
+    region) env="EDIT=region DELTA=$2 RADIUS=$3 SOURCE=$4" ;;
+    gate) env="EDIT=gate GATE=$2 GMODE=$3" ;;
+    *) env="EDIT=none" ;;
+  esac
+  env $env .venv/bin/python benchmarks/results/issue20_region_edit/click_edits.py --checkpoint checkpoints/msd_hippocampus/refsam3d_small.pt \
+    --data ../shared/data/msd-hippocampus --split-file benchmarks/results/hippocampus_split.json --part $PART --max-cases $N \
+    --clicks 5 $NOTEXT --threads 1 --no-progress --out $out > $out.log 2>&1
   .venv/bin/python -c "
-import json;c=json.load(open('$out/clicks.json'));print('$cfg', [round(x,4) for x in c['mean']['dice_mean']], round(c['mean']['noc90_mean'],2))"
+import json, numpy as np
+c = json.load(open('$out/clicks.json'))
+dr = [x for cs in c['cases'] for r in cs['labels'].values() if 'dice' in r for x in np.diff(r['dice']) if x < 0]
+print('$cfg${NOTEXT:+ (no text)}', [round(x, 4) for x in c['mean']['dice_mean']], round(c['mean']['noc90_mean'], 2), 'drops', len(dr), round(sum(dr), 3))"
 done
