@@ -45,6 +45,9 @@ from lib.cli import add_runtime_arguments, start_runtime  # noqa: E402
 from lib.defaults import DEFAULT_LEARNING_RATE  # noqa: E402  (plain Python, no torch)
 from lib.training.config import AUGMENTATION_PROFILES  # noqa: E402  (plain Python, no torch)
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+from hippocampus_baseline import BASELINE_RECIPE, make_baseline_adapter  # noqa: E402  (plain Python, no torch)
+
 DEFAULT_DATA = (REPO.parent / "shared" / "data" / "msd-hippocampus")
 
 logger = logging.getLogger("bench")
@@ -64,101 +67,6 @@ REFSAM_RECIPE = dict(
     val_max_cases=0,
     publish="best",
 )
-
-# nnU-Net 3d_fullres-like baseline (Task04 plan: patch 40x56x40, 3 poolings, batch 9 on a GPU)
-BASELINE_RECIPE = dict(
-    learning_rate=1e-2,
-    weight_decay=3e-5,
-    warmup_fraction=0.0,
-    batch_size=2,
-    num_samples=1,
-    grad_clip=12.0,
-    crop_size=[40, 56, 40],
-    flip_axes=[0],
-    augment=True,
-    val_interval=10,  # validate every 10 epochs and at the end (the lr decays to 0: the last model is usually best)
-    val_max_cases=0,
-    publish="best",
-)
-
-
-# ----------------------------------------------------------------------------------------------- baseline
-def build_dynunet(num_classes: int):
-    from monai.networks.nets import DynUNet
-
-    return DynUNet(
-        spatial_dims=3, in_channels=1, out_channels=num_classes,
-        kernel_size=[[3, 3, 3]] * 4, strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2], [2, 2, 2]],
-        upsample_kernel_size=[[2, 2, 2]] * 3, filters=[32, 64, 128, 256],
-        norm_name=("INSTANCE", {"affine": True}), act_name=("leakyrelu", {"negative_slope": 0.01, "inplace": True}),
-        deep_supervision=False, res_block=False,
-    )
-
-
-def make_baseline_adapter(entries, roi_size, device="auto", overlap=0.25):
-    import torch
-    from monai.inferers import sliding_window_inference
-    from monai.losses import DiceCELoss
-
-    from lib.inference import mirror_averaged
-    from lib.training import SegmentationAdapter, resolve_device
-
-    class MultiClassAdapter(SegmentationAdapter):
-        """A softmax CNN over background + labels, trained and evaluated through the same engine."""
-
-        def __init__(self):
-            self.entries = list(entries)
-            self.model = build_dynunet(len(self.entries) + 1)
-            self.roi_size = tuple(roi_size)
-            self.overlap = overlap
-            self.mirror_axes: tuple[int, ...] = ()  # test-time flips (set for the test evaluation)
-            self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-            self.to(resolve_device(device))
-
-        def parameters_to_optimise(self):
-            return list(self.model.parameters())
-
-        def make_optimizer(self, cfg):
-            return torch.optim.SGD(self.model.parameters(), lr=cfg.learning_rate, momentum=0.99, nesterov=True,
-                                   weight_decay=cfg.weight_decay)
-
-        def _channels(self, label):
-            out = torch.zeros_like(label)
-            for k, e in enumerate(self.entries, start=1):
-                out[label.round() == e.index] = k
-            return out
-
-        def training_loss(self, image, label):
-            logits = self.model(image)
-            return self.loss_fn(logits.float(), self._channels(label)), {}
-
-        def segment(self, image):
-            def predict(x):  # softmax probabilities [1, 1 + K, D, H, W]
-                return torch.softmax(sliding_window_inference(x.to(self.device), self.roi_size, 1, self.model,
-                                                              overlap=self.overlap, mode="gaussian"), dim=1)
-
-            with torch.no_grad():
-                probs = mirror_averaged(predict, image, self.mirror_axes)
-            cls = probs[0].argmax(0).cpu()
-            return torch.stack([cls == k for k in range(1, len(self.entries) + 1)], dim=0)
-
-        def save(self, path, extra=None):
-            import os
-            import tempfile
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=str(Path(path).parent), suffix=".tmp")
-            os.close(fd)
-            torch.save({"model": "DynUNet", "state_dict": self.model.state_dict(), "extra": extra or {}}, tmp)
-            os.replace(tmp, path)
-
-        def describe(self):
-            n = sum(p.numel() for p in self.model.parameters())
-            return {"model": "DynUNet (nnU-Net 3d_fullres-like)", "roi_size": list(self.roi_size),
-                    "parameters": {"total": n, "trainable": n}}
-
-    return MultiClassAdapter()
-
 
 # ----------------------------------------------------------------------------------------------- helpers
 def make_split(datalist, test_fraction: float, val_fraction: float, seed: int) -> dict:
@@ -305,7 +213,7 @@ def stored_row(previous: dict | None, previous_file: Path, prefix: str, split: d
     return {**row, "reused": True, "stored_result": f"the benchmark run of {when} (its checkpoint is not here)"}
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--minutes", type=float, default=60.0, help="wall-clock training budget per model")
@@ -338,93 +246,82 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--checkpoint-dir", default=str(REPO / "model" / "benchmarks"))
     add_runtime_arguments(p)
-    args = p.parse_args(argv)
-    start_runtime(args)
-    import warnings
+    return p.parse_args(argv)
 
-    warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+
+def run_models(args: argparse.Namespace, split: dict, label_set, entries, mirror: Sequence[int], out_dir: Path) -> list[dict]:
+    """Train (or reuse) and evaluate the models ``--models`` names; one result row each."""
     import torch
 
-    from lib.evaluation import plot_results
-    from lib.labelsets import load_label_set
-    from lib.training import PromptModelAdapter, TrainConfig, entries_from_label_set, msd_datalist, save_split
-    from lib.parsing import parse_axes
+    from lib.training import PromptModelAdapter, TrainConfig
     from lib.training.runner import build_model, checkpoint_extra
 
-    data = Path(args.data)
-    if not (data / "dataset.json").exists():
-        raise SystemExit(f"MSD hippocampus not found at {data} (expected ../shared/data/msd-hippocampus)")
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = Path(args.checkpoint_dir)
-    label_set = load_label_set("msd_hippocampus")
-    entries = entries_from_label_set(label_set)
-    labels = [e.name for e in entries]
-
-    datalist = msd_datalist(data)
-    if args.max_cases:
-        datalist = datalist[: args.max_cases]
-    split = make_split(datalist, args.test_fraction, args.val_fraction, args.split_seed)
-    save_split(out_dir / "hippocampus_split.json", split)
-    logger.info(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test "
-                f"-> {out_dir / 'hippocampus_split.json'}")
-
     previous_file = out_dir / "hippocampus.json"
     previous = json.loads(previous_file.read_text()) if previous_file.is_file() else None
     wanted = [m.strip().lower() for m in args.models.split(",") if m.strip()]
     reuse = {m.strip().lower() for m in args.reuse.split(",") if m.strip()}
-    mirror = (tuple(REFSAM_RECIPE["flip_axes"]) if args.mirror_axes.strip().lower() == "train"
-              else parse_axes(args.mirror_axes))  # test-time only: validation during training stays one pass
     rows = []
-    t_all = time.time()
-    refsam_recipe = {**REFSAM_RECIPE, "augmentation": args.augmentation, **json.loads(args.recipe_overrides or "{}")}
-    baseline_recipe = {**BASELINE_RECIPE, "augmentation": args.augmentation}
     if "refsam3d" in wanted:
+        recipe = {**REFSAM_RECIPE, "augmentation": args.augmentation, **json.loads(args.recipe_overrides or "{}")}
         overrides = json.loads(args.model_overrides or "{}")
         model = build_model("small", args.text_encoder, seed=args.seed, **overrides)
         roi = tuple(label_set.roi_size("small"))
-        adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(refsam_recipe), roi_size=roi,
+        adapter = PromptModelAdapter(model, entries, TrainConfig.from_mapping(recipe), roi_size=roi,
                                      device=args.device, seed=args.seed)
         extra = checkpoint_extra(label_set, entries, "small", roi, "benchmarks/bench_hippocampus.py",
                                  split_file=_repo_relative(out_dir / "hippocampus_split.json"), model_overrides=overrides)
-        rows.append(run_one("RefSAM3D small", adapter, refsam_recipe, split, label_set, args.minutes, args, out_dir,
+        rows.append(run_one("RefSAM3D small", adapter, recipe, split, label_set, args.minutes, args, out_dir,
                             ckpt_dir / "refsam3d_small_hippocampus.pt", extra, mirror, train="refsam3d" not in reuse))
     baseline_ckpt = ckpt_dir / "dynunet_hippocampus.pt"
     if "baseline" in wanted and "baseline" in reuse and not baseline_ckpt.is_file():
         rows.append(stored_row(previous, previous_file, "DynUNet", split, mirror, args))
     elif "baseline" in wanted:
+        recipe = {**BASELINE_RECIPE, "augmentation": args.augmentation}
         torch.manual_seed(args.seed)
-        adapter = make_baseline_adapter(entries, baseline_recipe["crop_size"], device=args.device)
-        rows.append(run_one("DynUNet (nnU-Net-like)", adapter, baseline_recipe, split, label_set, args.minutes, args,
+        adapter = make_baseline_adapter(entries, recipe["crop_size"], device=args.device)
+        rows.append(run_one("DynUNet (nnU-Net-like)", adapter, recipe, split, label_set, args.minutes, args,
                             out_dir, baseline_ckpt, {"label_set_name": label_set.name},
                             mirror, train="baseline" not in reuse))
+    return rows
 
-    md = table(rows, labels)
+
+def verdict_lines(rows: Sequence[dict]) -> list[str]:
+    """RefSAM3D's mean Dice against the 0.90 target and the baseline, and the swapped-prompt check."""
     ref = next((r for r in rows if r["name"].startswith("RefSAM3D")), None)
     base = next((r for r in rows if r["name"].startswith("DynUNet")), None)
-    verdict = []
-    if ref:
-        d = ref["evaluation"]["mean"].get("dice") or 0.0
-        verdict.append(f"RefSAM3D mean Dice {d:.3f} {'>=' if d >= 0.90 else '<'} 0.90 target")
-        if base:
-            b = base["evaluation"]["mean"].get("dice") or 0.0
-            verdict.append(f"{'>=' if d >= b else '<'} baseline {b:.3f}")
-        sw = ref["evaluation"].get("routing", {}).get("swapped_dice_mean")
-        if sw is not None:
-            note = "" if d >= 0.5 else " (not meaningful: the model does not segment yet)"
-            verdict.append(f"swapped-prompt Dice {sw:.3f} {'<' if sw < 0.1 else '>='} 0.1{note}")
+    if not ref:
+        return []
+    d = ref["evaluation"]["mean"].get("dice") or 0.0
+    verdict = [f"RefSAM3D mean Dice {d:.3f} {'>=' if d >= 0.90 else '<'} 0.90 target"]
+    if base:
+        b = base["evaluation"]["mean"].get("dice") or 0.0
+        verdict.append(f"{'>=' if d >= b else '<'} baseline {b:.3f}")
+    sw = ref["evaluation"].get("routing", {}).get("swapped_dice_mean")
+    if sw is not None:
+        note = "" if d >= 0.5 else " (not meaningful: the model does not segment yet)"
+        verdict.append(f"swapped-prompt Dice {sw:.3f} {'<' if sw < 0.1 else '>='} 0.1{note}")
+    return verdict
+
+
+def environment(args: argparse.Namespace, started: float) -> dict:
+    """Where and how the benchmark ran, with a copy-pasteable command."""
+    import torch
+
     from lib.training import resolve_device
 
     device = resolve_device(args.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    env = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
-           "cpu": _cpu_name(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
-           "threads": torch.get_num_threads(), "device": f"{device.type} ({device_name})", "minutes_per_model": args.minutes,
-           "command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),  # copy-pasteable
-           "total_minutes": round((time.time() - t_all) / 60, 1)}
-    result = {"environment": env, "split": {k: [d["id"] for d in v] for k, v in split.items()},
-              "labels": labels, "models": rows, "verdict": verdict}
-    (out_dir / "hippocampus.json").write_text(json.dumps(result, indent=1, default=str))
+    return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+            "cpu": _cpu_name(), "torch": torch.__version__, "cpu_count": os.cpu_count(),
+            "threads": torch.get_num_threads(), "device": f"{device.type} ({device_name})", "minutes_per_model": args.minutes,
+            "command": "python " + shlex.join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),  # copy-pasteable
+            "total_minutes": round((time.time() - started) / 60, 1)}
+
+
+def report_markdown(args: argparse.Namespace, env: dict, split: dict, mirror: Sequence[int], rows: Sequence[dict],
+                    labels: Sequence[str], verdict: Sequence[str]) -> str:
+    """``hippocampus.md``: the setting, the results table, the verdict and RefSAM3D's routing matrix."""
     report = [
         "# MSD hippocampus: RefSAM3D small vs DynUNet (nnU-Net 3d_fullres-like)", "",
         f"- command: `{env['command']}`",
@@ -442,8 +339,9 @@ def main(argv=None) -> int:
                                  f"weights and training statistics reused from training run {r['training_run']}")
           for r in rows if r.get("reused")],
         "",
-        md, "", "Verdict: " + "; ".join(verdict) if verdict else "", "",
+        table(rows, labels), "", "Verdict: " + "; ".join(verdict) if verdict else "", "",
     ]
+    ref = next((r for r in rows if r["name"].startswith("RefSAM3D")), None)
     if ref and ref["evaluation"].get("routing"):
         r = ref["evaluation"]["routing"]
         report += ["Routing (RefSAM3D, mean Dice of the mask of prompt row vs ground truth of label column):", "",
@@ -451,11 +349,51 @@ def main(argv=None) -> int:
         for name, row in zip(r["prompts"], r["dice_matrix"]):
             report.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in row) + " |")
         report.append("")
-    (out_dir / "hippocampus.md").write_text("\n".join(report))
+    return "\n".join(report)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start_runtime(args)
+    import warnings
+
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence")
+
+    from lib.evaluation import plot_results
+    from lib.labelsets import load_label_set
+    from lib.parsing import parse_axes
+    from lib.training import entries_from_label_set, msd_datalist, save_split
+
+    data = Path(args.data)
+    if not (data / "dataset.json").exists():
+        raise SystemExit(f"MSD hippocampus not found at {data} (expected ../shared/data/msd-hippocampus)")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label_set = load_label_set("msd_hippocampus")
+    entries = entries_from_label_set(label_set)
+    labels = [e.name for e in entries]
+
+    datalist = msd_datalist(data)
+    if args.max_cases:
+        datalist = datalist[: args.max_cases]
+    split = make_split(datalist, args.test_fraction, args.val_fraction, args.split_seed)
+    save_split(out_dir / "hippocampus_split.json", split)
+    logger.info(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test "
+                f"-> {out_dir / 'hippocampus_split.json'}")
+    mirror = (tuple(REFSAM_RECIPE["flip_axes"]) if args.mirror_axes.strip().lower() == "train"
+              else parse_axes(args.mirror_axes))  # test-time only: validation during training stays one pass
+    started = time.time()
+    rows = run_models(args, split, label_set, entries, mirror, out_dir)
+    verdict = verdict_lines(rows)
+    env = environment(args, started)
+    result = {"environment": env, "split": {k: [d["id"] for d in v] for k, v in split.items()},
+              "labels": labels, "models": rows, "verdict": verdict}
+    (out_dir / "hippocampus.json").write_text(json.dumps(result, indent=1, default=str))
+    (out_dir / "hippocampus.md").write_text(report_markdown(args, env, split, mirror, rows, labels, verdict))
     if rows:
         plot_results({r["name"]: r["evaluation"] for r in rows}, out_dir / "hippocampus.png",
                      title=f"MSD hippocampus test split, {args.minutes} min CPU training per model")
-    print("\n" + md + "\n")
+    print("\n" + table(rows, labels) + "\n")
     for v in verdict:
         print(v)
     print(f"\nwrote {out_dir / 'hippocampus.md'}, {out_dir / 'hippocampus.json'}, {out_dir / 'hippocampus.png'}")
