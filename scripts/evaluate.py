@@ -70,28 +70,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    start_runtime(args)
-    from lib.evaluation import evaluate, write_reports
+def load_members(args) -> list[tuple]:
+    """Each ``--checkpoint`` -> (segmenter, label set, preset, window size); members share one text encoder per
+    (name, preset, max length)."""
     from lib.labelsets import load_label_set
     from lib.model import load_checkpoint
-    from lib.precision import resolve_precision
-    from lib.training import (EnsembleSegmenter, PromptModelAdapter, TrainConfig, apply_split, entries_from_label_set,
-                              msd_datalist)
     from lib.parsing import parse_labels, parse_mirror_axes, parse_size
-    from lib.weights_card import trained_flip_axes
+    from lib.precision import resolve_precision
+    from lib.training import PromptModelAdapter, TrainConfig, entries_from_label_set
     from lib.training.runner import (checkpoint_info, label_set_from_checkpoint, portable_text_encoder,
                                       resolve_text_encoder)
+    from lib.weights_card import trained_flip_axes
 
-    text_encoders: dict = {}  # one frozen text encoder per (name, preset, max length), shared by ensemble members
+    text_encoders: dict = {}
     try:
         requested_mirror = parse_mirror_axes(args.mirror_axes)
     except ValueError as e:
         raise SystemExit(f"--mirror-axes {e}") from None
 
-    def load_member(path: str):
-        """One checkpoint -> (segmenter, label set, preset, window size)."""
+    def load_member(path: str) -> tuple:
         info = checkpoint_info(path)
         label_set = load_label_set(args.label_set) if args.label_set else label_set_from_checkpoint(path)
         if label_set is None:
@@ -111,19 +108,24 @@ def main(argv=None) -> int:
         member.model.eval()
         return member, label_set, preset, roi
 
-    def one_or_each(key: str, values: list) -> dict:
-        """``{key: value}`` for one checkpoint, ``{key: [value per member]}`` for an ensemble."""
-        return {key: values[0] if len(values) == 1 else values}
-
     members = [load_member(path) for path in args.checkpoint]
-    seg, label_set, preset, roi = members[0]
+    label_set = members[0][1]
     for path, (_, other, _, _) in zip(args.checkpoint[1:], members[1:]):
         if other.name != label_set.name:
             raise SystemExit(f"{path} was trained on label set {other.name!r}, {args.checkpoint[0]} on "
                              f"{label_set.name!r}: an ensemble needs one label set (or pass --label-set)")
+    return members
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    start_runtime(args)
+    from lib.training import EnsembleSegmenter, apply_split, msd_datalist
+
+    members = load_members(args)
+    seg, label_set, preset, _ = members[0]
     if len(members) > 1:
         seg = EnsembleSegmenter([m[0] for m in members])
-    entries = seg.entries
     checkpoints = [str(Path(p).resolve()) for p in args.checkpoint]
 
     datalist = msd_datalist(args.data)
@@ -135,6 +137,18 @@ def main(argv=None) -> int:
         return evaluate_prompt_file(args, seg, datalist, label_set, checkpoints, preset)
     if args.clicks or args.no_text or args.click_oracle:
         return run_click_protocol(args, members, label_set, datalist, checkpoints)
+    return evaluate_segmentation(args, seg, members, label_set, datalist, checkpoints)
+
+
+def evaluate_segmentation(args, seg, members: list[tuple], label_set, datalist: list[dict], checkpoints: list[str]) -> int:
+    """The default: Dice, NSD and HD95 per label (and the routing matrix) on every case; reports in ``--out``."""
+    from lib.evaluation import evaluate, write_reports
+
+    def one_or_each(key: str, values: list) -> dict:
+        """``{key: value}`` for one checkpoint, ``{key: [value per member]}`` for an ensemble."""
+        return {key: values[0] if len(values) == 1 else values}
+
+    entries = seg.entries
     result = evaluate(
         seg, datalist, [e.name for e in entries], [e.index for e in entries], label_set.modality,
         label_set.target_spacing, nsd_tolerance=args.nsd_tolerance, cross_prompts=not args.no_cross_prompts,
@@ -146,6 +160,7 @@ def main(argv=None) -> int:
               "data": str(Path(args.data).resolve()), "split_file": args.split_file, "part": args.part},
         ct_window=label_set.ct_window if label_set.modality == "CT" else None, largest_component=args.largest_component,
     )
+    preset = members[0][2]
     what = f"RefSAM3D {preset}" + (f" (ensemble of {len(members)})" if len(members) > 1 else "")
     paths = write_reports(result, args.out, title=f"{what} on {Path(args.data).name} ({result['num_cases']} cases)")
     summary = {"mean": result["mean"], "per_label": {k: {m: v.get(f"{m}_mean") for m in ("dice", "nsd", "hd95")}
