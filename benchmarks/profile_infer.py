@@ -110,6 +110,38 @@ def bare_encoder_seconds(model, roi, windows: int, dtype) -> float:
     return statistics.median(times) * windows
 
 
+def timed_request(app, timer: PartTimer, params: dict, cprofile: bool = False, torch_profile: bool = False) -> dict:
+    """One inference request as the REST route sends it: wall time, MONAI Label's latencies and the parts inside
+    ``infer``; with ``cprofile`` / ``torch_profile`` it also prints the top Python functions / torch operators."""
+    prof = cProfile.Profile() if cprofile else None
+    tprof = None
+    if torch_profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        tprof = profile(activities=[ProfilerActivity.CPU])
+    start = time.perf_counter()
+    with (tprof or contextlib.nullcontext()):
+        if prof:
+            prof.enable()
+        result = app.infer({"model": "refsam3d", "image": "abdomen_ct", **params})
+        if prof:
+            prof.disable()
+    wall = time.perf_counter() - start
+    lat = result["params"]["latencies"]
+    parts = timer.take()
+    inside = sum(v for k, v in parts.items() if k != "decode prompts") + parts.get("decode prompts", 0.0)
+    parts["rest of infer"] = round(max(0.0, lat["infer"] - inside), 3)
+    out = {"wall_s": round(wall, 3), "pre_s": lat["pre"], "infer_s": lat["infer"], "post_s": lat["post"],
+           "write_s": lat["write"], "infer_parts_s": parts}
+    if prof:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(35)
+        print(text.getvalue())
+    if tprof:
+        print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="vit_b", choices=["vit_b", "small"])
@@ -137,37 +169,9 @@ def main(argv=None) -> int:
         timer.wrap(inference, "_compact", "store encodings")
         timer.wrap(model, "decode", "decode prompts")
 
-        def request(params: dict, profile: bool = False) -> dict:
-            prof = cProfile.Profile() if profile and args.cprofile else None
-            tprof = None
-            if profile and args.torch_profile:
-                from torch.profiler import ProfilerActivity, profile as torch_profile
-                tprof = torch_profile(activities=[ProfilerActivity.CPU])
-            start = time.perf_counter()
-            with (tprof or contextlib.nullcontext()):
-                if prof:
-                    prof.enable()
-                result = app.infer({"model": "refsam3d", "image": "abdomen_ct", **params})
-                if prof:
-                    prof.disable()
-            wall = time.perf_counter() - start
-            lat = result["params"]["latencies"]
-            parts = timer.take()
-            inside = sum(v for k, v in parts.items() if k != "decode prompts") + parts.get("decode prompts", 0.0)
-            parts["rest of infer"] = round(max(0.0, lat["infer"] - inside), 3)
-            out = {"wall_s": round(wall, 3), "pre_s": lat["pre"], "infer_s": lat["infer"], "post_s": lat["post"],
-                   "write_s": lat["write"], "infer_parts_s": parts}
-            if prof:
-                text = io.StringIO()
-                pstats.Stats(prof, stream=text).sort_stats("cumulative").print_stats(35)
-                print(text.getvalue())
-            if tprof:
-                print(tprof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
-            return out
-
-        runs = {"one prompt, cold": request({"text_prompt": "spleen"}, profile=True),
-                "another prompt, cached": request({"text_prompt": "liver"}),
-                "13 labels, cached": request({})}
+        runs = {"one prompt, cold": timed_request(app, timer, {"text_prompt": "spleen"}, args.cprofile, args.torch_profile),
+                "another prompt, cached": timed_request(app, timer, {"text_prompt": "liver"}),
+                "13 labels, cached": timed_request(app, timer, {})}
         windows = timer.calls["store encodings"]  # windows encoded by the cold request
         roi = tuple(int(r) for r in task.roi_size)
         bare = bare_encoder_seconds(model, roi, windows, task.precision) if args.preset == "vit_b" else None
