@@ -4,6 +4,8 @@ with lib.evaluation_clicks.interactive_case replaced by the same protocol plus t
 * ``region``: each click also forces the connected region around it, within RADIUS voxels (0 = unbounded), whose
   probability is at least (positive click) or at most (negative click) the clicked voxel's, +- DELTA; taken from
   the map before the click (SOURCE=before) or the model's answer with it (SOURCE=after); the forced voxels persist.
+* ``intensity``: as ``region``, but the connected region is the voxels whose image intensity is within DELTA of the
+  clicked voxel's (the normalised image's units) and that the answer before the click has on the wrong side.
 * ``gate``: a click changes the answer only within GATE voxels of the clicks (GMODE all: every click so far; new:
   this round's); elsewhere the previous answer stays.
 * ``none``: the model alone.
@@ -42,15 +44,19 @@ def ball(shape, centres, radius):
 class RegionEdit:
     """The ``region`` rule: forced foreground / background per label, kept for the later clicks."""
 
-    def __init__(self, k, shape, threshold):
+    def __init__(self, k, shape, threshold, image=None):
         self.fg, self.bg, self.threshold = np.zeros((k, *shape), bool), np.zeros((k, *shape), bool), threshold
+        self.image = image  # [D, H, W] numpy: the intensity rule; None: the probability rule
 
     def record(self, logits, new):
         prob = torch.sigmoid(logits[0].float()).cpu().numpy()
         masks = ec.probs_to_masks(torch.from_numpy(prob), self.threshold).numpy()
         for i, c in new:
             p, c0 = prob[i], c.position
-            cand = (p >= p[c0] - DELTA) & ~masks[i] if c.positive else (p <= p[c0] + DELTA) & masks[i]
+            if self.image is not None:
+                cand = (np.abs(self.image - self.image[c0]) <= DELTA) & (~masks[i] if c.positive else masks[i])
+            else:
+                cand = (p >= p[c0] - DELTA) & ~masks[i] if c.positive else (p <= p[c0] + DELTA) & masks[i]
             if not cand[c0]:
                 continue
             if RADIUS > 0:
@@ -81,7 +87,9 @@ def interactive_case(model, image, gt, prompts, n_clicks, use_text=True, roi_siz
     shape = tuple(x.shape[-3:])
     buffer, clicks, placed, new = ClickBuffer(k), [[] for _ in range(k)], [[] for _ in range(k)], []
     text = list(prompts) if use_text else [None] * k
-    region = RegionEdit(k, shape, threshold) if EDIT == "region" else None
+    region = None
+    if EDIT in ("region", "intensity"):
+        region = RegionEdit(k, shape, threshold, x[0, 0].cpu().numpy() if EDIT == "intensity" else None)
 
     def add_clicks(pred):
         new.clear()

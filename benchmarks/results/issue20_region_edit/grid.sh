@@ -1,5 +1,5 @@
 #!/bin/bash
-# usage: PART=train N=20 [NOTEXT=--no-text] grid.sh "region DELTA RADIUS SOURCE" "gate GATE GMODE" "none" ...
+# usage: PART=train N=20 [NOTEXT=--no-text] grid.sh "region|intensity DELTA RADIUS SOURCE" "gate GATE GMODE" "none" ...
 # prints, per rule: Dice after 0..5 clicks (1..5 without text), NoC@90, and the steps that lowered the Dice (count, sum)
 cd "$(dirname "$0")/../../.."
 OUT=${OUT:-/tmp/region_edit}
@@ -8,7 +8,7 @@ for cfg in "$@"; do
   set -- $cfg
   out=$OUT/g_${PART}_${N}_$(echo "$cfg" | tr ' ' _)${NOTEXT:+_nt}
   case $1 in
-    region) env="EDIT=region DELTA=$2 RADIUS=$3 SOURCE=$4" ;;
+    region|intensity) env="EDIT=$1 DELTA=$2 RADIUS=$3 SOURCE=$4" ;;
     gate) env="EDIT=gate GATE=$2 GMODE=$3" ;;
     *) env="EDIT=none" ;;
   esac
